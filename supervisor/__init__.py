@@ -1,0 +1,1 @@
+"""Supervise the Claude Code CLI."""
