@@ -1,0 +1,135 @@
+"""The thin trio layer that carries out the state machine's actions.
+
+Dispatch is synchronous: whoever has an event (a pipe reader, a library call, a signal
+handler) calls `dispatch()`, which feeds the machine and performs the actions at once.
+No action blocks: writes are queued to the CLI's writer task, kills run in their own
+tasks and come back as events. So the machine sees events in the order they happened,
+and a library call such as `send()` knows its turn's id when it returns.
+
+The only timer is one task whose cancel scope's deadline is kept equal to the
+machine's `deadline`, so moving a deadline costs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+import trio
+
+from . import _machine as m
+from ._framing import Frame
+from ._process import CliProcess
+from ._report import CancelReport
+
+
+class Driver:
+    """Runs one session: the machine, its CLI processes and its timer."""
+
+    def __init__(
+        self,
+        machine: m.SessionMachine,
+        claude: str,
+        *,
+        cwd: str | os.PathLike[str] | None,
+        env: Mapping[str, str] | None,
+        max_line_bytes: int,
+        deliver: Callable[[Frame, int | None], None],
+        cancel_done: Callable[[CancelReport | None], None] = lambda report: None,
+    ) -> None:
+        self.machine = machine
+        self._claude = claude
+        self._cwd = cwd
+        self._env = env
+        self._max_line_bytes = max_line_bytes
+        self._deliver = deliver
+        self._cancel_done = cancel_done
+        self._process: CliProcess | None = None
+        self._nursery: trio.Nursery | None = None
+        self._timer = trio.CancelScope()
+        self.first_spawn = trio.Event()  # set once the first CLI started, or failed to
+        self.finished = trio.Event()
+        self.exit_code: int | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Runs until the machine says the session is finished (and its CLI is gone)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._perform(self.machine.start(trio.current_time()))
+            task_status.started()
+            await self._run_timer()
+            nursery.cancel_scope.cancel()
+
+    def dispatch(self, event: m.Event) -> None:
+        if isinstance(event, m.CliSpawned | m.SpawnFailed):
+            self.first_spawn.set()
+        self._perform(self.machine.handle(event, trio.current_time()))
+
+    async def _run_timer(self) -> None:
+        while not self.machine.finished:
+            self._timer = trio.CancelScope(deadline=self._deadline())
+            with self._timer:
+                await self.finished.wait()
+            if self.machine.finished:
+                return
+            if trio.current_time() >= self._deadline():
+                self.dispatch(m.DeadlinePassed())
+
+    def _deadline(self) -> float:
+        deadline = self.machine.deadline
+        return math.inf if deadline is None else deadline
+
+    def _perform(self, actions: Sequence[m.Action]) -> None:
+        for action in actions:
+            self._perform_one(action)
+        self._timer.deadline = self._deadline()
+
+    def _perform_one(self, action: m.Action) -> None:
+        process = self._process
+        match action:
+            case m.Deliver(frame, turn):
+                self._deliver(frame, turn)
+            case m.WriteToCli(frame):
+                if process is not None:
+                    process.write(frame.raw + b"\n")
+            case m.Spawn(args):
+                self._spawn(args)
+            case m.CloseCliInput():
+                if process is not None:
+                    process.close_input()
+            case m.SignalCli():
+                if process is not None:
+                    process.send_sigint()
+            case m.KillTree():
+                if process is not None:
+                    process.kill_tree()
+            case m.MarkTurnStart():
+                if process is not None:
+                    process.mark_turn_start()
+            case m.KillTurnProcesses():
+                if process is not None:
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._kill_turn_processes, process)
+            case m.CancelDone(report):
+                self._cancel_done(report)
+            case m.Finished(exit_code):
+                self.exit_code = exit_code
+                self.first_spawn.set()
+                self.finished.set()
+
+    def _spawn(self, args: Sequence[str]) -> None:
+        assert self._nursery is not None
+        self._process = CliProcess(
+            [self._claude, *args],
+            cwd=self._cwd,
+            env=self._env,
+            kill_timeout=self.machine.policy.kill_timeout,
+            max_line_bytes=self._max_line_bytes,
+            emit=self.dispatch,
+        )
+        self._nursery.start_soon(self._process.run)
+
+    async def _kill_turn_processes(self, process: CliProcess) -> None:
+        count = await process.kill_turn_processes()
+        self.dispatch(m.TurnProcessesKilled(count))

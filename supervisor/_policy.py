@@ -1,0 +1,41 @@
+"""How long each step of the cancel ladder may take before the next one starts.
+
+The defaults come from what the real CLI does (see docs/architecture.md): the in-band
+interrupt ends a turn in well under 100 ms when the CLI is healthy, and after SIGINT the
+CLI prints its result and exits about 1.5 s later, so each deadline leaves room for a
+healthy CLI on a loaded machine while keeping a wedged one from holding a user for long.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+
+
+def _positive_finite(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{attribute.name} must be a positive number of seconds, not {value!r}")
+
+
+@attrs.frozen
+class EscalationPolicy:
+    """Deadlines, in seconds, for each step of the ladder and for the session's life cycle."""
+
+    #: After the in-band interrupt, how long to wait for the turn's `result`.
+    interrupt_timeout: float = attrs.field(default=1.5, converter=float, validator=_positive_finite)
+    #: After SIGINT, how long to wait for the CLI to exit.
+    sigint_timeout: float = attrs.field(default=3.0, converter=float, validator=_positive_finite)
+    #: After SIGTERM to every process of the tree, how long before SIGKILL.
+    kill_timeout: float = attrs.field(default=1.0, converter=float, validator=_positive_finite)
+    #: After stdin EOF on close, how long the CLI may take to exit before the ladder.
+    exit_timeout: float = attrs.field(default=3.0, converter=float, validator=_positive_finite)
+    #: After a respawn, how long the resumed CLI may take to answer its first control
+    #: request. Resuming a very large transcript can take minutes, hence the generous value.
+    ready_timeout: float = attrs.field(default=60.0, converter=float, validator=_positive_finite)
+
+    #: How long SIGKILLed processes may take to disappear before the supervisor gives up
+    #: on the tree (a process stuck in the kernel, e.g. on a dead NFS mount).
+    @property
+    def reap_timeout(self) -> float:
+        return self.kill_timeout + 5.0

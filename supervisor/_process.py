@@ -1,0 +1,214 @@
+"""One run of the CLI under its helper, seen from trio: pipes in, events out.
+
+`CliProcess.run()` turns everything the process does into state-machine events, in an
+order the machine can rely on: every frame the CLI wrote comes before its `CliExited`.
+Writes go through a queue served by their own task, because a wedged CLI stops reading
+and a write into its full pipe must not stall the supervisor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+
+import psutil
+import trio
+
+from . import _tree as tree
+from ._framing import FramingError, LineSplitter, decode_line
+from ._machine import BadLine, CliExited, CliSpawned, Event, FromCli, SpawnFailed
+
+#: How much of the CLI's stderr is kept to explain a failure.
+STDERR_TAIL_BYTES = 4096
+
+
+class CliProcess:
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        cwd: str | os.PathLike[str] | None,
+        env: Mapping[str, str] | None,
+        kill_timeout: float,
+        max_line_bytes: int,
+        emit: Callable[[Event], None],
+        stderr: int | None = None,
+    ) -> None:
+        self._args = list(args)
+        self._cwd = cwd
+        self._env = dict(env) if env is not None else None
+        self._kill_timeout = kill_timeout
+        self._max_line_bytes = max_line_bytes
+        self._emit = emit
+        self._stderr_fd = sys.stderr.fileno() if stderr is None else stderr
+        self._helper: trio.Process | None = None
+        self._cli: psutil.Process | None = None
+        self._before_turn: frozenset[tree.Identity] = frozenset()
+        self._stderr_tail = bytearray()
+        self._exit_report: dict[str, object] = {}
+        self._to_cli_send, self._to_cli_receive = trio.open_memory_channel[bytes | None](math.inf)
+
+    # ------------------------------------------------------------ commands
+
+    def write(self, data: bytes) -> None:
+        self._to_cli_send.send_nowait(data)
+
+    def close_input(self) -> None:
+        self._to_cli_send.send_nowait(None)
+
+    def send_sigint(self) -> None:
+        """SIGINT to the CLI itself (not its group: the helper shares it)."""
+        if self._cli is not None:
+            with contextlib.suppress(psutil.Error):
+                self._cli.send_signal(signal.SIGINT)  # checks the pid was not reused
+
+    def kill_tree(self) -> None:
+        """SIGTERM to the helper: it kills the whole tree and then reports the exit."""
+        if self._helper is not None and self._helper.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._helper.send_signal(signal.SIGTERM)
+
+    def mark_turn_start(self) -> None:
+        if self._helper is not None:
+            self._before_turn = tree.snapshot(self._helper.pid)
+
+    async def kill_turn_processes(self) -> int:
+        # The snapshot and the listing run psutil over /proc: keep them off the event loop
+        # when they may be slow (listing), and short where they must be synchronous.
+        """Kills what the running turn started, leaving the CLI (and what predates it)."""
+        if self._helper is None:
+            return 0
+        helper_pid = self._helper.pid
+        keep = {self._cli.pid} if self._cli is not None else set()
+        before = self._before_turn
+
+        def listing() -> list[psutil.Process]:
+            return tree.turn_processes(helper_pid, before, keep)
+
+        return await trio.to_thread.run_sync(tree.terminate, listing, self._kill_timeout)
+
+    # ---------------------------------------------------------------- life
+
+    async def run(self) -> None:
+        """Spawns the helper and the CLI, relays until both are gone, then emits CliExited."""
+        status_read, status_write = os.pipe()
+        try:
+            command = tree.helper_command(
+                self._args, status_fd=status_write, kill_timeout=self._kill_timeout
+            )
+            try:
+                self._helper = await trio.lowlevel.open_process(
+                    command,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    cwd=self._cwd,
+                    env=self._env,
+                    start_new_session=True,  # the CLI gets its own process group
+                    pass_fds=(status_write,),
+                )
+            except OSError as exc:
+                os.close(status_read)
+                self._emit(SpawnFailed(f"cannot start the supervisor's helper: {exc}"))
+                return
+        finally:
+            os.close(status_write)
+        helper = self._helper
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_loop)
+                nursery.start_soon(self._read_stderr)
+                async with trio.open_nursery() as readers:
+                    readers.start_soon(self._read_status, status_read)
+                    readers.start_soon(self._read_stdout)
+                await helper.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._reap(helper)
+        if self._exit_report.get("event") == "spawn_failed":
+            self._emit(SpawnFailed(str(self._exit_report.get("error"))))
+            return
+        returncode = self._exit_report.get("returncode")
+        killed = self._exit_report.get("killed", 0)
+        self._emit(
+            CliExited(
+                returncode=returncode if isinstance(returncode, int) else None,
+                processes_killed=killed if isinstance(killed, int) else 0,
+                stderr_tail=self._stderr_tail.decode("utf-8", errors="replace"),
+            )
+        )
+
+    async def _reap(self, helper: trio.Process) -> None:
+        """Never leave the helper (and so the tree) behind, even when cancelled."""
+        if helper.returncode is None:
+            self.kill_tree()
+            with trio.move_on_after(self._kill_timeout + 5):
+                await helper.wait()
+            if helper.returncode is None:
+                helper.kill()
+                await helper.wait()
+
+    async def _read_status(self, fd: int) -> None:
+        splitter = LineSplitter()
+        async with trio.lowlevel.FdStream(fd) as stream:
+            async for chunk in stream:
+                for line in splitter.feed(chunk):
+                    if isinstance(line, bytes):
+                        self._on_status(json.loads(line))
+
+    def _on_status(self, status: dict[str, object]) -> None:
+        if status.get("event") == "spawned":
+            pid = status.get("pid")
+            assert isinstance(pid, int)
+            with contextlib.suppress(psutil.Error):
+                self._cli = psutil.Process(pid)
+            self._emit(CliSpawned())
+        else:
+            self._exit_report = status
+
+    async def _read_stdout(self) -> None:
+        assert self._helper is not None and self._helper.stdout is not None
+        splitter = LineSplitter(self._max_line_bytes)
+        async with self._helper.stdout as stdout:
+            async for chunk in stdout:
+                for line in splitter.feed(chunk):
+                    self._on_line(line)
+        for line in splitter.close():
+            self._on_line(line)
+
+    def _on_line(self, line: bytes | FramingError) -> None:
+        frame = decode_line(line) if isinstance(line, bytes) else line
+        if isinstance(frame, FramingError):
+            self._emit(BadLine("cli", frame))
+        else:
+            self._emit(FromCli(frame))
+
+    async def _read_stderr(self) -> None:
+        assert self._helper is not None and self._helper.stderr is not None
+        async with self._helper.stderr as stderr:
+            async for chunk in stderr:
+                self._stderr_tail += chunk
+                del self._stderr_tail[:-STDERR_TAIL_BYTES]
+                if self._stderr_fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.write(self._stderr_fd, chunk)
+
+    async def _write_loop(self) -> None:
+        assert self._helper is not None and self._helper.stdin is not None
+        stdin = self._helper.stdin
+        async with self._to_cli_receive:
+            async for data in self._to_cli_receive:
+                try:
+                    if data is None:
+                        await stdin.aclose()
+                        return
+                    await stdin.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return  # the CLI is gone; the machine knows what was not answered

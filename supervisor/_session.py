@@ -1,0 +1,236 @@
+"""The library: `open_session()`, `Session` and `Turn`.
+
+A `Session` is a handle on one supervised CLI; a `Turn` is one user message and the
+frames the CLI answered it with, ending with its `result` (the CLI's own, or one the
+supervisor wrote when the CLI's was lost). Each `send()` gets exactly one result.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from . import _machine as m
+from . import _protocol as protocol
+from ._driver import Driver
+from ._errors import CliNotFoundError, SessionClosedError, SessionFailedError
+from ._framing import DEFAULT_MAX_LINE_BYTES, Frame
+from ._policy import EscalationPolicy
+from ._report import CancelReport
+
+log = logging.getLogger("supervisor")
+
+Content = str | list[dict[str, Any]]
+
+
+class Turn:
+    """One user turn. Iterate it for its frames (dicts, as the CLI wrote them), ending
+    with the `result`; or just `await turn.result()`."""
+
+    def __init__(self, turn_id: int) -> None:
+        self.id = turn_id
+        self._send, self._receive = trio.open_memory_channel[dict[str, Any]](math.inf)
+        self._result: dict[str, Any] | None = None
+        self._done = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Turn {self.id} {'done' if self._done.is_set() else 'running'}>"
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._frames()
+
+    async def _frames(self) -> AsyncIterator[dict[str, Any]]:
+        async for frame in self._receive:
+            yield frame
+
+    async def result(self) -> dict[str, Any]:
+        """The turn's `result` frame, once it has come."""
+        await self._done.wait()
+        assert self._result is not None
+        return self._result
+
+    def _deliver(self, frame: Frame) -> None:
+        if self._done.is_set():
+            return
+        self._send.send_nowait(frame.data)
+        if frame.type == "result":
+            self._result = frame.data
+            self._done.set()
+            self._send.close()
+
+
+class Session:
+    """A supervised Claude Code session. Get one from `open_session()`."""
+
+    def __init__(
+        self,
+        claude_args: Sequence[str],
+        *,
+        claude: str,
+        policy: EscalationPolicy,
+        cwd: str | os.PathLike[str] | None,
+        env: Mapping[str, str] | None,
+        max_line_bytes: int,
+    ) -> None:
+        self._machine = m.SessionMachine(claude_args, policy)
+        self._turns: dict[int, Turn] = {}
+        self._cancel_waiters: list[tuple[trio.Event, list[CancelReport | None]]] = []
+        #: The report of the latest cancel (supersede's included), None before any.
+        self.last_report: CancelReport | None = None
+        self._closed = False
+        self._driver = Driver(
+            self._machine,
+            claude,
+            cwd=cwd,
+            env=env,
+            max_line_bytes=max_line_bytes,
+            deliver=self._deliver,
+            cancel_done=self._cancel_done,
+        )
+
+    @property
+    def session_id(self) -> str | None:
+        """The CLI's session id, once it has said it (after the first turn starts)."""
+        return self._machine.session_id
+
+    @property
+    def policy(self) -> EscalationPolicy:
+        return self._machine.policy
+
+    @property
+    def busy(self) -> bool:
+        """Whether a turn is running or waiting to run."""
+        return self._machine.running_turn is not None or bool(self._machine.queued_turns)
+
+    async def send(self, content: Content) -> Turn:
+        """Queue a user turn; it starts when the turns before it have their results."""
+        return self._submit(m.FromUser(protocol.user_message(content)))
+
+    async def supersede(self, content: Content) -> Turn:
+        """Cancel the running turn and start this one next, before any queued turn."""
+        return self._submit(m.Supersede(protocol.user_message(content)))
+
+    async def cancel(self, *, cancel_queued: bool = False) -> CancelReport | None:
+        """Cancel the running turn through the ladder; None when no turn was running.
+
+        Returns once the session is ready for the next turn. `cancel_queued=True` also
+        drops the turns still waiting (each gets a cancelled result).
+        """
+        self._check_usable()
+        done = trio.Event()
+        slot: list[CancelReport | None] = []
+        self._cancel_waiters.append((done, slot))
+        self._driver.dispatch(m.Cancel(cancel_queued=cancel_queued))
+        await done.wait()
+        return slot[0]
+
+    async def aclose(self) -> None:
+        """Stop the CLI gracefully (stdin EOF, wait, then the ladder); nothing is left."""
+        if not self._closed:
+            self._closed = True
+            self._driver.dispatch(m.EndOfInput(drain=False))
+        await self._driver.finished.wait()
+
+    # ---------------------------------------------------------------- internals
+
+    def _submit(self, event: m.FromUser | m.Supersede) -> Turn:
+        self._check_usable()
+        turn = Turn(self._machine.next_turn_id)
+        self._turns[turn.id] = turn
+        self._driver.dispatch(event)
+        return turn
+
+    def _check_usable(self) -> None:
+        if self._machine.finished and self._failure is not None:
+            raise SessionFailedError(self._failure)
+        if self._closed or self._machine.finished:
+            raise SessionClosedError("the session is closed; open a new one")
+
+    _failure: str | None = None
+
+    def _deliver(self, frame: Frame, turn_id: int | None) -> None:
+        if frame.type == "system" and frame.subtype == "supervisor_error":
+            error = frame.data.get("error") or {}
+            if isinstance(error, dict) and error.get("code") in _FATAL_CODES:
+                self._failure = str(error.get("message"))
+            log.warning("supervisor: %s", frame.data.get("error"))
+        turn = self._turns.get(turn_id) if turn_id is not None else None
+        if turn is None:
+            return
+        turn._deliver(frame)
+        if turn.done:
+            del self._turns[turn.id]
+
+    def _cancel_done(self, report: CancelReport | None) -> None:
+        if report is not None:
+            self.last_report = report
+        waiters, self._cancel_waiters = self._cancel_waiters, []
+        for done, slot in waiters:
+            slot.append(report)
+            done.set()
+
+
+#: supervisor_error codes after which the session cannot go on.
+_FATAL_CODES = frozenset({"cli_not_started", "resume_failed", "tree_not_killed"})
+
+
+def find_claude(claude: str | os.PathLike[str] | None = None) -> str:
+    """The CLI to run: `claude` if given, else the first `claude` on PATH."""
+    if claude is not None:
+        return os.fspath(claude)
+    found = shutil.which("claude")
+    if found is None:
+        raise CliNotFoundError(
+            "no `claude` executable on PATH: install Claude Code "
+            "(npm install -g @anthropic-ai/claude-code) or pass claude=<path>"
+        )
+    return found
+
+
+@asynccontextmanager
+async def open_session(
+    claude_args: Sequence[str],
+    *,
+    claude: str | os.PathLike[str] | None = None,
+    policy: EscalationPolicy | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> AsyncIterator[Session]:
+    """Run one supervised CLI session for the duration of the `async with` block.
+
+    `claude_args` are the CLI's own arguments (for example `["-p", "--input-format",
+    "stream-json", "--output-format", "stream-json", "--verbose"]`); they are passed
+    unchanged, except that a respawn resumes the session. Raises `SessionFailedError`
+    if the CLI cannot be started.
+    """
+    session = Session(
+        claude_args,
+        claude=find_claude(claude),
+        policy=policy or EscalationPolicy(),
+        cwd=cwd,
+        env=env,
+        max_line_bytes=max_line_bytes,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(session._driver.run)
+        await session._driver.first_spawn.wait()
+        if session._failure is not None:
+            await session._driver.finished.wait()
+            raise SessionFailedError(session._failure)
+        try:
+            yield session
+        finally:
+            with trio.CancelScope(shield=True):
+                await session.aclose()

@@ -1,0 +1,367 @@
+"""The state machine on its own: every rung of the ladder, the queue, respawn and failures."""
+
+from __future__ import annotations
+
+import signal
+
+from machine_harness import ARGS, SID, Harness, frame, init, response, result, user
+
+from supervisor import _machine as m
+from supervisor._policy import EscalationPolicy
+
+
+def running(h: Harness, text: str = "hello") -> None:
+    """Starts a turn and lets the CLI announce itself, as the real one does."""
+    h.user(user(text))
+    h.cli(init())
+
+
+def test_spawns_with_the_users_arguments_unchanged() -> None:
+    h = Harness()
+    assert h.log[0] == m.Spawn(ARGS)
+
+
+def test_turns_are_forwarded_one_at_a_time_and_each_gets_its_result() -> None:
+    h = Harness()
+    assert h.written(h.user(user("one"))) == [user("one").data]
+    assert h.written(h.user(user("two"))) == []  # queued: one is running
+    assert h.machine.queued_turns == [2]
+    actions = h.cli(result(result="r1"))
+    assert h.delivered(actions)[0] == (result(result="r1").data, 1)
+    assert h.written(actions) == [user("two").data]
+    h.cli(result(result="r2"))
+    assert {turn: len(rs) for turn, rs in h.results_by_turn().items()} == {1: 1, 2: 1}
+
+
+def test_frames_are_relayed_unchanged_with_unknown_fields() -> None:
+    h = Harness()
+    h.user(user("hi"))
+    odd = frame(type="brand_new", nested={"x": [1, 2]}, session_id=SID)
+    assert h.delivered(h.cli(odd)) == [(odd.data, 1)]
+    assert h.machine.session_id == SID
+
+
+def test_in_band_cancel_kills_the_turns_processes_and_reports() -> None:
+    h = Harness()
+    running(h)
+    actions = h.feed(m.Cancel(), after=1.0)
+    interrupt = h.written(actions)[0]
+    assert interrupt["type"] == "control_request"
+    assert interrupt["request"] == {"subtype": "interrupt"}
+    assert (
+        h.cli(
+            response(interrupt["request_id"]),
+        )
+        == []
+    )  # our own answer: swallowed
+    actions = h.feed(m.FromCli(result(subtype="error_during_execution")), after=0.05)
+    assert m.KillTurnProcesses() in actions
+    assert h.machine.running_turn is None
+    actions = h.feed(m.TurnProcessesKilled(2), after=0.01)
+    [report] = [a.report for a in actions if isinstance(a, m.CancelDone)]
+    assert report is not None
+    assert report.path == "interrupt"
+    assert report.respawned is False
+    assert report.processes_killed == 2
+    assert [s.name for s in report.steps] == [
+        "interrupt_sent",
+        "interrupt_answered",
+        "result",
+        "turn_processes_killed",
+        "ready",
+    ]
+    assert report.total_ms == 60.0
+    notice = [d for d, _ in h.delivered(actions) if d.get("subtype") == "supervisor_cancel"]
+    assert notice[0]["report"] == report.to_dict()
+
+
+def test_interrupt_waits_for_init_because_the_cli_ignores_earlier_ones() -> None:
+    h = Harness()
+    h.user(user("hi"))
+    assert h.written(h.feed(m.Cancel())) == []
+    assert h.written(h.cli(init()))[0]["request"]["subtype"] == "interrupt"
+
+
+def test_sigint_when_the_interrupt_is_ignored_then_resume() -> None:
+    policy = EscalationPolicy(interrupt_timeout=2, sigint_timeout=3)
+    h = Harness(policy)
+    running(h)
+    h.user(user("queued"))
+    h.feed(m.Cancel())
+    assert h.machine.deadline == 2.0
+    assert m.SignalCli(signal.SIGINT) in h.expire()
+    assert h.machine.deadline == 5.0
+    actions = h.feed(m.CliExited(0, processes_killed=1), after=1.5)
+    [(synth, turn)] = [(d, t) for d, t in h.delivered(actions) if d.get("type") == "result"]
+    assert turn == 1
+    assert synth["subtype"] == "error_during_execution"
+    assert synth["is_error"] is True
+    assert synth["terminal_reason"] == "cancelled"
+    assert synth["session_id"] == SID
+    [spawn] = [a for a in actions if isinstance(a, m.Spawn)]
+    assert spawn.args == (*ARGS, "--resume", SID)
+    assert h.written(actions)  # a probe, to learn when the new CLI reads its input
+    assert h.written(h.user(user("while respawning"))) == []
+    actions = h.answer_probe()
+    [report] = [a.report for a in actions if isinstance(a, m.CancelDone)]
+    assert report.path == "sigint"
+    assert report.respawned is True
+    assert report.processes_killed == 1
+    assert [s.name for s in report.steps] == [
+        "interrupt_sent",
+        "sigint_sent",
+        "exited",
+        "respawned",
+        "ready",
+    ]
+    assert h.written(actions) == [user("queued").data]  # the queue survived the respawn
+
+
+def test_cli_result_after_sigint_is_relayed_not_synthesized() -> None:
+    h = Harness()
+    running(h)
+    h.feed(m.Cancel())
+    h.expire()
+    own = result(subtype="error_during_execution", terminal_reason="aborted_tools")
+    assert h.delivered(h.cli(own)) == [(own.data, 1)]
+    h.feed(m.CliExited(0))
+    assert h.results_by_turn() == {1: [own.data]}
+
+
+def test_kill_path_when_sigint_does_nothing() -> None:
+    h = Harness()
+    running(h)
+    h.feed(m.Cancel())
+    h.expire()
+    assert m.KillTree() in h.expire()
+    actions = h.feed(m.CliExited(-9, processes_killed=4))
+    assert any(isinstance(a, m.Spawn) for a in actions)
+    [report] = [a.report for a in h.answer_probe() if isinstance(a, m.CancelDone)]
+    assert report.path == "kill"
+    assert report.processes_killed == 4
+    assert report.step_ms("tree_killed") is not None
+    assert report.step_ms("kill_sent") == report.step_ms("sigint_sent") + 3000  # type: ignore[operator]
+
+
+def test_session_level_requests_are_replayed_and_their_answers_swallowed() -> None:
+    h = Harness()
+    initialize = frame(
+        type="control_request", request_id="i1", request={"subtype": "initialize", "hooks": {}}
+    )
+    assert h.written(h.user(initialize)) == [initialize.data]
+    assert h.delivered(h.cli(response("i1"))) == [(response("i1").data, None)]
+    running(h)
+    h.feed(m.Cancel())
+    h.expire()
+    actions = h.feed(m.CliExited(0))
+    [replayed] = h.written(actions)
+    assert replayed["request"] == initialize.data["request"]
+    assert replayed["request_id"] != "i1"
+    actions = h.cli(response(replayed["request_id"]))
+    assert h.delivered(actions) and all(
+        d.get("subtype") == "supervisor_cancel" for d, _ in h.delivered(actions)
+    )
+
+
+def test_crash_mid_turn_gets_a_result_and_a_respawn_without_a_report() -> None:
+    h = Harness()
+    running(h)
+    h.user(user("next"))
+    actions = h.feed(m.CliExited(3, stderr_tail="boom"))
+    [(synth, turn)] = [(d, t) for d, t in h.delivered(actions) if d.get("type") == "result"]
+    assert turn == 1 and synth["terminal_reason"] == "cli_exited" and "boom" in synth["result"]
+    errors = [d for d, _ in h.delivered(actions) if d.get("subtype") == "supervisor_error"]
+    assert errors[0]["error"]["code"] == "cli_exited"
+    assert any(isinstance(a, m.Spawn) for a in actions)
+    actions = h.answer_probe()
+    assert h.reports() == []
+    assert h.written(actions) == [user("next").data]
+
+
+def test_failed_resume_is_a_clear_error_and_no_turn_waits_forever() -> None:
+    h = Harness()
+    running(h)
+    h.user(user("queued"))
+    h.feed(m.Cancel())
+    h.expire()
+    h.feed(m.CliExited(0))
+    actions = h.feed(m.CliExited(1, stderr_tail="No conversation found"))
+    errors = [d for d, _ in h.delivered(actions) if d.get("subtype") == "supervisor_error"]
+    assert errors[0]["error"]["code"] == "resume_failed"
+    assert "No conversation found" in errors[0]["error"]["message"]
+    assert m.Finished(1) in actions
+    assert set(h.results_by_turn()) == {1, 2}
+    late = h.user(user("after"))
+    assert late == []  # finished: nothing more happens
+
+
+def test_resume_that_never_answers_is_killed_and_reported() -> None:
+    h = Harness(EscalationPolicy(ready_timeout=10))
+    running(h)
+    h.feed(m.CliExited(3))
+    actions = h.expire()
+    assert m.KillTree() in actions
+    errors = [d for d, _ in h.delivered(actions) if d.get("subtype") == "supervisor_error"]
+    assert errors[-1]["error"]["code"] == "resume_failed"
+    assert m.Finished(1) in h.feed(m.CliExited(-15))
+
+
+def test_cli_that_cannot_start() -> None:
+    h = Harness()
+    actions = h.feed(m.SpawnFailed("cannot run 'nope': No such file or directory"))
+    assert m.Finished(1) in actions
+    [(error, _)] = h.delivered(actions)
+    assert error["error"]["code"] == "cli_not_started"
+
+
+def test_cli_that_exits_at_start_says_so() -> None:
+    h = Harness()
+    actions = h.feed(m.CliExited(1, stderr_tail="error: unknown option '--bogus'"))
+    assert m.Finished(1) in actions
+    [(error, _)] = h.delivered(actions)
+    assert "unknown option" in error["error"]["message"]
+
+
+def test_supersede_runs_before_the_queue() -> None:
+    h = Harness()
+    running(h, "first")
+    h.user(user("queued"))
+    h.user(frame(type="supersede_turn", content="instead"))
+    assert h.machine.queued_turns == [3, 2]
+    h.cli(result(subtype="error_during_execution"))
+    actions = h.feed(m.TurnProcessesKilled(0))
+    assert h.written(actions)[0]["message"]["content"] == "instead"
+
+
+def test_supersede_while_idle_starts_the_turn() -> None:
+    h = Harness()
+    actions = h.user(frame(type="supersede_turn", content=[{"type": "text", "text": "x"}]))
+    assert h.written(actions)[0]["message"]["content"] == [{"type": "text", "text": "x"}]
+    assert h.reports() == []
+
+
+def test_cancel_queued_gives_each_queued_turn_a_result() -> None:
+    h = Harness()
+    running(h)
+    h.user(user("q1"))
+    h.user(user("q2"))
+    h.user(frame(type="cancel_turn", request_id="c1", cancel_queued=True))
+    results = h.results_by_turn()
+    assert [r["terminal_reason"] for r in results[2] + results[3]] == ["cancelled"] * 2
+    assert h.machine.queued_turns == []
+
+
+def test_cancel_with_nothing_running() -> None:
+    h = Harness()
+    actions = h.user(frame(type="cancel_turn", request_id="c9"))
+    assert m.CancelDone(None) in actions
+    [(notice, _)] = h.delivered(actions)
+    assert notice == {
+        "type": "system",
+        "subtype": "supervisor_cancel",
+        "session_id": None,
+        "report": None,
+        "request_ids": ["c9"],
+    }
+
+
+def test_the_users_own_interrupt_is_supervised_and_answered() -> None:
+    h = Harness()
+    running(h)
+    interrupt = frame(type="control_request", request_id="u1", request={"subtype": "interrupt"})
+    assert h.written(h.user(interrupt)) == [interrupt.data]
+    h.expire()  # the CLI never answered: SIGINT
+    actions = h.feed(m.CliExited(0))
+    actions += h.answer_probe()
+    answers = [d for d, _ in h.delivered(actions) if d.get("type") == "control_response"]
+    assert answers == [
+        {
+            "type": "control_response",
+            "response": {"subtype": "success", "request_id": "u1", "response": {}},
+        }
+    ]
+    assert h.reports()[0].path == "sigint"
+
+
+def test_the_clis_answer_to_the_users_interrupt_is_relayed() -> None:
+    h = Harness()
+    running(h)
+    h.user(frame(type="control_request", request_id="u1", request={"subtype": "interrupt"}))
+    assert h.delivered(h.cli(response("u1"))) == [(response("u1").data, 1)]
+
+
+def test_pending_user_request_gets_an_error_when_the_cli_dies() -> None:
+    h = Harness()
+    running(h)
+    h.user(frame(type="control_request", request_id="m1", request={"subtype": "set_model"}))
+    actions = h.feed(m.CliExited(-9))
+    answers = [d for d, _ in h.delivered(actions) if d.get("type") == "control_response"]
+    assert answers[0]["response"]["request_id"] == "m1"
+    assert answers[0]["response"]["subtype"] == "error"
+
+
+def test_control_frames_sent_during_a_respawn_are_held_and_delivered_in_order() -> None:
+    h = Harness()
+    running(h)
+    h.feed(m.Cancel())
+    h.expire()
+    h.feed(m.CliExited(0))
+    a = frame(type="control_request", request_id="a", request={"subtype": "set_model"})
+    b = frame(type="keep_alive")
+    assert h.written(h.user(a)) == [] and h.written(h.user(b)) == []
+    written = h.written(h.answer_probe())
+    assert written[:2] == [a.data, b.data]
+
+
+def test_stdin_eof_drains_the_queue_then_closes() -> None:
+    h = Harness()
+    running(h)
+    h.user(user("two"))
+    assert m.CloseCliInput() not in h.feed(m.EndOfInput(drain=True))
+    h.cli(result())
+    actions = h.cli(result())
+    assert m.CloseCliInput() in actions
+    assert m.Finished(0) in h.feed(m.CliExited(0))
+
+
+def test_close_of_a_wedged_cli_climbs_the_ladder() -> None:
+    h = Harness()
+    running(h)
+    assert m.CloseCliInput() in h.feed(m.EndOfInput(drain=False))
+    assert m.SignalCli(signal.SIGINT) in h.expire()
+    assert m.KillTree() in h.expire()
+    actions = h.feed(m.CliExited(-15, processes_killed=2))
+    assert m.Finished(143) in actions
+    assert h.results_by_turn()[1][0]["terminal_reason"] == "cancelled"
+
+
+def test_bad_supervisor_frames_are_reported_and_change_nothing() -> None:
+    h = Harness()
+    running(h)
+    for bad in (
+        frame(type="cancel_turn", request_id={"x": 1}),
+        frame(type="cancel_turn", cancel_queued="yes"),
+        frame(type="supersede_turn", content=42),
+        frame(type="supervisor_pause"),
+    ):
+        actions = h.user(bad)
+        [(error, _)] = h.delivered(actions)
+        assert error["subtype"] == "supervisor_error"
+        assert not any(isinstance(a, m.WriteToCli) for a in actions)
+    assert h.machine.running_turn == 1 and not h.machine.cancelling
+
+
+def test_resume_args_replace_session_flags() -> None:
+    h = Harness(args=("-p", "--session-id", "old", "--continue", "--model=x", "--resume=zz"))
+    running(h)
+    h.feed(m.CliExited(1))
+    [spawn] = [a for a in h.last if isinstance(a, m.Spawn)]
+    assert spawn.args == ("-p", "--model=x", "--resume", SID)
+
+
+def test_policy_rejects_nonsense() -> None:
+    import pytest
+
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="interrupt_timeout"):
+            EscalationPolicy(interrupt_timeout=bad)
