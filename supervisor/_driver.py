@@ -52,6 +52,11 @@ class Driver:
         self.finished = trio.Event()
         self.exit_code: int | None = None
 
+    @property
+    def process(self) -> CliProcess | None:
+        """The CLI process running now (or last), if any."""
+        return self._process
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Runs until the machine says the session is finished (and its CLI is gone)."""
         async with trio.open_nursery() as nursery:

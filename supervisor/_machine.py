@@ -335,7 +335,8 @@ class SessionMachine:
             case Supersede(frame):
                 self._on_supersede(frame, now, out)
             case EndOfInput():
-                self._closing = event
+                if self._closing is None or not event.drain:  # "now" beats "drain"
+                    self._closing = event
                 if not event.drain:
                     self._drop_queued("the session was closed before this turn started", out)
             case FromCli(frame):

@@ -54,6 +54,10 @@ class CliProcess:
         self._exit_report: dict[str, object] = {}
         self._to_cli_send, self._to_cli_receive = trio.open_memory_channel[bytes | None](math.inf)
 
+    @property
+    def cli_pid(self) -> int | None:
+        return self._cli.pid if self._cli is not None else None
+
     # ------------------------------------------------------------ commands
 
     def write(self, data: bytes) -> None:

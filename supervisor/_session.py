@@ -105,6 +105,12 @@ class Session:
         return self._machine.session_id
 
     @property
+    def cli_pid(self) -> int | None:
+        """The pid of the CLI process now running (it changes on every respawn)."""
+        process = self._driver.process
+        return process.cli_pid if process is not None else None
+
+    @property
     def policy(self) -> EscalationPolicy:
         return self._machine.policy
 

@@ -215,8 +215,9 @@ def helper_main(argv: Sequence[str]) -> int:
     set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != parent:  # the supervisor died before the line above
         return 1
+    env = {**os.environ, "CLAUDE_SUPERVISOR_HELPER_PID": str(os.getpid())}
     try:
-        child = subprocess.Popen(cli, preexec_fn=_child_setup, close_fds=True)
+        child = subprocess.Popen(cli, preexec_fn=_child_setup, close_fds=True, env=env)
     except OSError as exc:
         report(event="spawn_failed", error=f"cannot run {cli[0]!r}: {exc.strerror or exc}")
         return 127

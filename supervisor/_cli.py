@@ -1,0 +1,100 @@
+"""The `claude-supervisor` executable: parse the invocation, pick a mode, report failures.
+
+Exit codes: the CLI's own; 128+N when stopped by signal N; 2 for a bad option or
+variable; 127 when the CLI cannot be found or started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import trio
+
+from ._config import ConfigError, Invocation, parse_invocation, wants_stream_json_input
+
+#: Set by the helper for the CLI it starts: a wrapper whose parent is that helper has been
+#: started as "the CLI" by another wrapper, which would recurse forever.
+HELPER_PID_VARIABLE = "CLAUDE_SUPERVISOR_HELPER_PID"
+
+
+def _error(message: str, code: int) -> int:
+    print(f"claude-supervisor: {message}", file=sys.stderr)
+    return code
+
+
+def _is_this_wrapper(path: Path) -> bool:
+    """Whether an executable is this wrapper (a copy, a symlink, or its entry-point script)."""
+    me = Path(sys.argv[0]).resolve()
+    if path.resolve() == me:
+        return True
+    try:
+        head = path.read_bytes()[:4096] if path.stat().st_size < 65536 else b""
+    except OSError:
+        return False
+    return b"supervisor._cli" in head or b"python -m supervisor " in head
+
+
+def find_real_claude(path_variable: str | None = None) -> str | None:
+    """The first `claude` on PATH that is not this wrapper."""
+    for directory in (path_variable or os.environ.get("PATH", "")).split(os.pathsep):
+        candidate = shutil.which("claude", path=directory or ".")
+        if candidate and not _is_this_wrapper(Path(candidate)):
+            return candidate
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        invocation = parse_invocation(args, sys.argv[0])
+    except ConfigError as exc:
+        return _error(f"{exc} (see claude-supervisor --help)", 2)
+    if invocation.mode == "help":
+        print(invocation.help_text, end="")
+        return 0
+    if invocation.mode == "version":
+        try:
+            print(f"claude-supervisor {version('claude-supervisor')}")
+        except PackageNotFoundError:
+            print("claude-supervisor (not installed)")
+        return 0
+    if invocation.mode == "demo":
+        from ._demo import run_demo
+
+        return trio.run(run_demo, invocation.config.claude)
+    return _run(invocation)
+
+
+def _run(invocation: Invocation) -> int:
+    helper_pid = os.environ.get(HELPER_PID_VARIABLE)
+    if helper_pid is not None and helper_pid == str(os.getppid()):
+        return _error(
+            "started as the CLI by claude-supervisor itself; set --claude or "
+            "CLAUDE_SUPERVISOR_CLAUDE to the real Claude Code CLI",
+            2,
+        )
+    claude = invocation.config.claude or find_real_claude()
+    if claude is None:
+        return _error(
+            "cannot find the Claude Code CLI: no `claude` on PATH other than this wrapper; "
+            "install it (npm install -g @anthropic-ai/claude-code) or set --claude / "
+            "CLAUDE_SUPERVISOR_CLAUDE",
+            127,
+        )
+    if not os.access(claude, os.X_OK):
+        return _error(f"the Claude Code CLI {claude!r} is not an executable file", 127)
+    if wants_stream_json_input(invocation.claude_args):
+        from ._relay import Relay
+
+        return trio.run(Relay(invocation.config, claude, invocation.claude_args).run)
+    from ._passthrough import run_passthrough
+
+    try:
+        return trio.run(run_passthrough, invocation.config, claude, invocation.claude_args)
+    except FileNotFoundError as exc:
+        return _error(str(exc), 127)

@@ -1,0 +1,73 @@
+"""Every mode but stream-json input: the wrapper stays out of the way.
+
+Interactive sessions and `-p "prompt"` runs get the terminal and the pipes unchanged; the
+wrapper forwards signals, propagates the exit code, and (through the same helper as in
+stream-json mode) kills whatever the CLI's tools left running when the CLI ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Sequence
+
+import psutil
+import trio
+
+from . import _tree as tree
+from ._config import WrapperConfig
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+async def run_passthrough(config: WrapperConfig, claude: str, claude_args: Sequence[str]) -> int:
+    tree.set_parent_death_signal(signal.SIGTERM)
+    # On a terminal the CLI must stay in the foreground process group to read it; the
+    # terminal then signals it directly, so terminal signals must not be forwarded twice.
+    on_terminal = os.isatty(0)
+    status_read, status_write = os.pipe()
+    command = tree.helper_command(
+        [claude, *claude_args], status_fd=status_write, kill_timeout=config.policy.kill_timeout
+    )
+    with trio.open_signal_receiver(*FORWARDED) as signals:
+        try:
+            helper = await trio.lowlevel.open_process(
+                command, pass_fds=(status_write,), process_group=None if on_terminal else 0
+            )
+        finally:
+            os.close(status_write)
+        reports: list[dict[str, object]] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_status, status_read, reports)
+
+            async def forward() -> None:
+                async for signum in signals:
+                    if on_terminal and signum in (signal.SIGINT, signal.SIGQUIT):
+                        continue
+                    pid = next((r["pid"] for r in reports if r.get("event") == "spawned"), None)
+                    if isinstance(pid, int):
+                        with contextlib.suppress(psutil.Error):
+                            psutil.Process(pid).send_signal(signum)
+
+            nursery.start_soon(forward)
+            await helper.wait()
+            nursery.cancel_scope.cancel()
+    for report in reports:
+        if report.get("event") == "spawn_failed":
+            raise FileNotFoundError(str(report.get("error")))
+        if report.get("event") == "exited":
+            code = report.get("returncode")
+            if isinstance(code, int):
+                return 128 - code if code < 0 else code
+    return 1
+
+
+async def _read_status(fd: int, reports: list[dict[str, object]]) -> None:
+    buffer = b""
+    async with trio.lowlevel.FdStream(fd) as stream:
+        async for chunk in stream:
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            reports.extend(json.loads(line) for line in lines if line.strip())
