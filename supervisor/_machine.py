@@ -283,7 +283,7 @@ class SessionMachine:
         # The CLI process.
         self._alive = False  # spawned and not yet exited
         self._proven = False  # it wrote a frame: it started properly
-        self._initialized = False  # it printed system/init (interrupts work from then)
+        self._initialized = False  # this turn's system/init came (interrupts work from then)
         self._respawning = False  # spawned to resume; not ready until it answers
         self._awaiting: set[str] = set()  # our control requests it has not answered
 
@@ -791,6 +791,7 @@ class SessionMachine:
             self._queue.popleft()
             item.started = now
             self._running = item
+            self._initialized = False  # the CLI prints init at the start of every turn
             out.append(MarkTurnStart())
             out.append(WriteToCli(item.frame))
         closing = self._closing

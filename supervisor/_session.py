@@ -229,14 +229,24 @@ async def open_session(
         env=env,
         max_line_bytes=max_line_bytes,
     )
+    # Exceptions must leave this function as they are, not wrapped in the nursery's
+    # ExceptionGroup: ours (the CLI did not start) and the caller's own.
+    escaping: BaseException | None = None
     async with trio.open_nursery() as nursery:
         await nursery.start(session._driver.run)
         await session._driver.first_spawn.wait()
         if session._failure is not None:
             await session._driver.finished.wait()
-            raise SessionFailedError(session._failure)
-        try:
-            yield session
-        finally:
-            with trio.CancelScope(shield=True):
-                await session.aclose()
+            escaping = SessionFailedError(session._failure)
+        else:
+            try:
+                yield session
+            except trio.Cancelled:
+                raise
+            except BaseException as exc:
+                escaping = exc
+            finally:
+                with trio.CancelScope(shield=True):
+                    await session.aclose()
+    if escaping is not None:
+        raise escaping

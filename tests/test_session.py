@@ -1,0 +1,279 @@
+"""The library against the bundled fake CLI: every rung, every misbehaviour, the queue."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import trio
+
+import supervisor
+from supervisor import EscalationPolicy, Session, Turn, open_session
+from conftest import processes_with_token
+
+ARGS = ["-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose"]
+#: Short deadlines keep the ladder quick; generous enough for a loaded CI machine.
+FAST = EscalationPolicy(interrupt_timeout=0.5, sigint_timeout=2.0, kill_timeout=0.5)
+
+
+@pytest.fixture
+async def session(fake_claude: Path, home: Path) -> AsyncIterator[Session]:
+    async with open_session(ARGS, claude=fake_claude, policy=FAST) as s:
+        yield s
+
+
+def stray_processes(session: Session, token: str) -> list[psutil.Process]:
+    """Processes of this test other than the CLI and its helper: what tools left behind."""
+    process = session._driver.process
+    keep = {session.cli_pid, process._helper.pid if process and process._helper else None}
+    return [p for p in processes_with_token(token) if p.pid not in keep and _alive(p)]
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+async def tool_running(turn: Turn) -> list[dict[str, Any]]:
+    """Consumes the turn's frames until its tool has started; returns them."""
+    seen = []
+    async for frame in turn:
+        seen.append(frame)
+        if frame.get("type") == "assistant" and "tool_use" in str(frame.get("message")):
+            return seen
+    raise AssertionError(f"the turn ended before its tool ran: {seen}")
+
+
+async def test_turns_each_get_exactly_one_result_in_order(session: Session) -> None:
+    turns = [await session.send(f"message {i}") for i in range(5)]
+    results = [await t.result() for t in turns]
+    assert [r["result"] for r in results] == [f"reply #{i + 1} to: message {i}" for i in range(5)]
+    assert session.session_id and all(r["session_id"] == session.session_id for r in results)
+
+
+async def test_a_turns_frames_end_with_its_result(session: Session) -> None:
+    turn = await session.send([{"type": "text", "text": "blocks"}])
+    frames = [frame async for frame in turn]
+    assert [f["type"] for f in frames] == ["system", "assistant", "result"]
+    assert frames[-1] == await turn.result()
+
+
+async def test_cancel_answered_in_band(session: Session, process_audit: str) -> None:
+    turn = await session.send("[[fake: tool=60, escapee]]")
+    await tool_running(turn)
+    report = await session.cancel()
+    assert report is not None
+    assert report.path == "interrupt"
+    assert not report.respawned
+    assert report.processes_killed >= 1  # the escapee: the CLI does not kill it itself
+    assert [s.name for s in report.steps][:3] == ["interrupt_sent", "interrupt_answered", "result"]
+    assert (await turn.result())["terminal_reason"] == "aborted_tools"
+    assert stray_processes(session, process_audit) == []
+    assert (await (await session.send("next")).result())["subtype"] == "success"
+
+
+async def test_sigint_when_the_interrupt_is_ignored(session: Session, process_audit: str) -> None:
+    await (await session.send("first")).result()
+    turn = await session.send("[[fake: tool=60, ignore_interrupt]]")
+    await tool_running(turn)
+    report = await session.cancel()
+    assert report is not None and report.path == "sigint" and report.respawned
+    steps = [s.name for s in report.steps]
+    assert steps[:3] == ["interrupt_sent", "interrupt_answered", "sigint_sent"]
+    assert steps[-2:] == ["respawned", "ready"]
+    result = await turn.result()
+    assert result["is_error"] is True
+    assert stray_processes(session, process_audit) == []
+    after = await (await session.send("after")).result()
+    assert after["session_id"] == report.session_id == session.session_id
+    assert after["fake_history"][0] == "first"  # the resumed CLI has the earlier turns
+
+
+async def test_unanswered_interrupt_goes_to_sigint(session: Session) -> None:
+    turn = await session.send("[[fake: stream=60, mute_interrupt]]")
+    async for frame in turn:
+        if frame["type"] == "system":
+            break
+    report = await session.cancel()
+    assert report is not None and report.path == "sigint"
+    assert report.step_ms("interrupt_answered") is None
+
+
+async def test_wedged_cli_is_killed_with_its_whole_tree(
+    session: Session, process_audit: str
+) -> None:
+    turn = await session.send("[[fake: tool=60, escapee, stubborn, deep=3, wedge]]")
+    await tool_running(turn)
+    report = await session.cancel()
+    assert report is not None and report.path == "kill" and report.respawned
+    assert report.processes_killed >= 5  # CLI, tool, escapee, stubborn child, the chain
+    result = await turn.result()
+    assert result["terminal_reason"] == "cancelled"
+    assert result["supervisor"] == {"synthesized": True}
+    assert stray_processes(session, process_audit) == []
+    assert (await (await session.send("still there?")).result())["subtype"] == "success"
+
+
+async def test_cli_ignoring_both_interrupt_and_sigint_is_killed(session: Session) -> None:
+    turn = await session.send("[[fake: tool=60, ignore_interrupt, ignore_sigint]]")
+    await tool_running(turn)
+    report = await session.cancel()
+    assert report is not None and report.path == "kill"
+    assert report.step_ms("kill_sent") is not None
+
+
+async def test_report_timings_follow_the_policy(session: Session) -> None:
+    turn = await session.send("[[fake: tool=60, ignore_interrupt, ignore_sigint]]")
+    await tool_running(turn)
+    report = await session.cancel()
+    assert report is not None
+    sigint, kill = report.step_ms("sigint_sent"), report.step_ms("kill_sent")
+    assert sigint is not None and kill is not None
+    assert sigint >= FAST.interrupt_timeout * 1000
+    assert kill - sigint >= FAST.sigint_timeout * 1000
+    assert report.total_ms >= report.steps[-2].ms
+    assert [s.ms for s in report.steps] == sorted(s.ms for s in report.steps)
+
+
+async def test_crash_mid_turn_gives_a_result_and_the_session_recovers(session: Session) -> None:
+    await (await session.send("before")).result()
+    result = await (await session.send("[[fake: crash]]")).result()
+    assert result["terminal_reason"] == "cli_exited"
+    assert "exit code 3" in result["result"]
+    after = await (await session.send("after")).result()
+    assert after["subtype"] == "success"
+    assert "before" in after["fake_history"]
+
+
+async def test_supersede_runs_next_and_queued_turns_keep_their_place(session: Session) -> None:
+    running = await session.send("[[fake: tool=60]]")
+    await tool_running(running)
+    queued = await session.send("queued")
+    new = await session.supersede("instead")
+    first = await new.result()
+    assert (await running.result())["is_error"] is True
+    second = await queued.result()
+    assert first["fake_history"][-1] == "instead"
+    assert second["fake_history"][-2:] == ["instead", "queued"]
+    assert session.last_report is not None and session.last_report.path == "interrupt"
+
+
+async def test_cancel_queued_drops_waiting_turns(session: Session) -> None:
+    running = await session.send("[[fake: tool=60]]")
+    waiting = [await session.send(f"w{i}") for i in range(2)]
+    await tool_running(running)
+    await session.cancel(cancel_queued=True)
+    for turn in waiting:
+        result = await turn.result()
+        assert result["terminal_reason"] == "cancelled"
+    assert not session.busy
+
+
+async def test_cancel_with_nothing_running_returns_none(session: Session) -> None:
+    assert await session.cancel() is None
+
+
+async def test_lines_over_the_cap_are_reported_not_fatal(fake_claude: Path, home: Path) -> None:
+    async with open_session(ARGS, claude=fake_claude, policy=FAST, max_line_bytes=100_000) as s:
+        turn = await s.send("[[fake: huge=200000]]")
+        frames = [f async for f in turn]
+        errors = [f for f in frames if f.get("subtype") == "supervisor_error"]
+        assert errors[0]["error"]["code"] == "cli_line_too_long"
+        assert frames[-1]["type"] == "result"
+        assert (await (await s.send("fine")).result())["subtype"] == "success"
+
+
+async def test_big_lines_under_the_cap_arrive_whole(session: Session) -> None:
+    turn = await session.send("[[fake: huge=3000000]]")
+    frames = [f async for f in turn]
+    text = frames[1]["message"]["content"][0]["text"]
+    assert len(text) == 3_000_000
+
+
+async def test_garbage_from_the_cli_is_reported(session: Session) -> None:
+    frames = [f async for f in await session.send("[[fake: garbage]]")]
+    [error] = [f for f in frames if f.get("subtype") == "supervisor_error"]
+    assert error["error"]["code"] == "cli_invalid_json"
+    assert "not json" in error["error"]["preview"]
+    assert frames[-1]["type"] == "result"
+
+
+async def test_slow_start(fake_claude: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_CLAUDE_START_DELAY", "1")
+    async with open_session(ARGS, claude=fake_claude, policy=FAST) as s:
+        assert (await (await s.send("hi")).result())["subtype"] == "success"
+
+
+async def test_failed_resume_is_a_clear_error(
+    fake_claude: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_CLAUDE_FAIL_RESUME", "1")
+    async with open_session(ARGS, claude=fake_claude, policy=FAST) as s:
+        turn = await s.send("[[fake: tool=60, wedge]]")
+        await tool_running(turn)
+        queued = await s.send("queued")
+        await s.cancel()
+        assert (await turn.result())["is_error"] is True
+        assert "No conversation found" in (await queued.result())["result"]
+        with pytest.raises(supervisor.SessionFailedError, match="resume"):
+            await s.send("more")
+
+
+async def test_cli_that_does_not_exist(home: Path, tmp_path: Path) -> None:
+    with pytest.raises(supervisor.SessionFailedError, match="No such file"):
+        async with open_session(ARGS, claude=tmp_path / "nope"):
+            pass
+
+
+async def test_no_claude_on_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(supervisor.CliNotFoundError, match="install Claude Code"):
+        async with open_session(ARGS):
+            pass
+
+
+async def test_leaving_the_block_during_a_wedged_turn_leaves_nothing(
+    fake_claude: Path, home: Path
+) -> None:
+    async with open_session(ARGS, claude=fake_claude, policy=FAST) as s:
+        turn = await s.send("[[fake: tool=60, escapee, stubborn, wedge]]")
+        await tool_running(turn)
+    assert (await turn.result())["terminal_reason"] == "cancelled"
+    # The process audit fixture fails this test if anything of the tree survived.
+
+
+async def test_cancel_from_another_task_while_frames_stream(session: Session) -> None:
+    turn = await session.send("[[fake: tool=60]]")
+    reports = []
+    async with trio.open_nursery() as nursery:
+
+        async def canceller() -> None:
+            reports.append(await session.cancel())
+
+        async for frame in turn:
+            if frame.get("type") == "assistant" and "tool_use" in str(frame):
+                nursery.start_soon(canceller)
+    assert reports[0] is not None and (await turn.result())["is_error"]
+
+
+async def test_send_after_close_is_refused(fake_claude: Path, home: Path) -> None:
+    async with open_session(ARGS, claude=fake_claude, policy=FAST) as s:
+        pass
+    with pytest.raises(supervisor.SessionClosedError):
+        await s.send("late")
+
+
+async def test_env_and_cwd_reach_the_cli(fake_claude: Path, home: Path, tmp_path: Path) -> None:
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    env = {**os.environ, "HOME": str(home)}
+    async with open_session(ARGS, claude=fake_claude, policy=FAST, cwd=cwd, env=env) as s:
+        turn = await s.send("where?")
+        frames = [f async for f in turn]
+        assert frames[0]["cwd"] == str(cwd)
