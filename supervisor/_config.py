@@ -179,9 +179,9 @@ def parse_invocation(
 
 def wants_stream_json_input(claude_args: Sequence[str]) -> bool:
     """Whether the CLI will read stream-json frames (else the wrapper passes through)."""
-    for i, arg in enumerate(claude_args):
-        if arg == "--input-format" and claude_args[i + 1 : i + 2] == ["stream-json"]:
-            return True
-        if arg == "--input-format=stream-json":
-            return True
-    return False
+    args = list(claude_args)
+    return any(
+        arg == "--input-format=stream-json"
+        or (arg == "--input-format" and args[i + 1 : i + 2] == ["stream-json"])
+        for i, arg in enumerate(args)
+    )

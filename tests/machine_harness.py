@@ -7,6 +7,7 @@ from typing import Any
 from supervisor import _machine as m
 from supervisor._framing import Frame
 from supervisor._policy import EscalationPolicy
+from supervisor._report import CancelReport
 
 ARGS = ("-p", "--input-format", "stream-json", "--output-format", "stream-json")
 SID = "11111111-2222-3333-4444-555555555555"
@@ -82,6 +83,12 @@ class Harness:
             if data.get("type") == "result":
                 out.setdefault(turn, []).append(data)
         return out
+
+    def report(self, actions: list[m.Action]) -> CancelReport:
+        """The one report `actions` finish a cancel with."""
+        [report] = [a.report for a in actions if isinstance(a, m.CancelDone)]
+        assert report is not None
+        return report
 
     def reports(self) -> list[Any]:
         return [a.report for a in self._of(m.CancelDone, self.log)]

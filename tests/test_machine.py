@@ -58,8 +58,7 @@ def test_in_band_cancel_kills_the_turns_processes_and_reports() -> None:
     assert m.KillTurnProcesses() in actions
     assert h.machine.running_turn is None
     actions = h.feed(m.TurnProcessesKilled(2), after=0.01)
-    [report] = [a.report for a in actions if isinstance(a, m.CancelDone)]
-    assert report is not None
+    report = h.report(actions)
     assert report.path == "interrupt"
     assert report.respawned is False
     assert report.processes_killed == 2
@@ -103,7 +102,7 @@ def test_sigint_when_the_interrupt_is_ignored_then_resume() -> None:
     assert h.written(actions)  # a probe, to learn when the new CLI reads its input
     assert h.written(h.user(user("while respawning"))) == []
     actions = h.answer_probe()
-    [report] = [a.report for a in actions if isinstance(a, m.CancelDone)]
+    report = h.report(actions)
     assert report.path == "sigint"
     assert report.respawned is True
     assert report.processes_killed == 1
@@ -136,11 +135,13 @@ def test_kill_path_when_sigint_does_nothing() -> None:
     assert m.KillTree() in h.expire()
     actions = h.feed(m.CliExited(-9, processes_killed=4))
     assert any(isinstance(a, m.Spawn) for a in actions)
-    [report] = [a.report for a in h.answer_probe() if isinstance(a, m.CancelDone)]
+    report = h.report(h.answer_probe())
     assert report.path == "kill"
     assert report.processes_killed == 4
     assert report.step_ms("tree_killed") is not None
-    assert report.step_ms("kill_sent") == report.step_ms("sigint_sent") + 3000  # type: ignore[operator]
+    kill_sent, sigint_sent = report.step_ms("kill_sent"), report.step_ms("sigint_sent")
+    assert kill_sent is not None and sigint_sent is not None
+    assert kill_sent == sigint_sent + 3000
 
 
 def test_session_level_requests_are_replayed_and_their_answers_swallowed() -> None:

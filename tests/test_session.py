@@ -10,10 +10,10 @@ from typing import Any
 import psutil
 import pytest
 import trio
+from conftest import processes_with_token
 
 import supervisor
 from supervisor import EscalationPolicy, Session, Turn, open_session
-from conftest import processes_with_token
 
 ARGS = ["-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose"]
 #: Short deadlines keep the ladder quick; generous enough for a loaded CI machine.

@@ -1,0 +1,78 @@
+"""Reading the executable's options: flags, variables, masquerade, stream-json detection."""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor._config import (
+    OPTIONS,
+    ConfigError,
+    parse_invocation,
+    wants_stream_json_input,
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("-p", "--input-format", "stream-json"), True),
+        (["--input-format=stream-json", "-p"], True),
+        (("-p", "--input-format", "text"), False),
+        (("-p", "hello"), False),
+        (("--input-format",), False),
+    ],
+)
+def test_stream_json_input_is_detected(args: tuple[str, ...], expected: bool) -> None:
+    assert wants_stream_json_input(args) is expected
+
+
+def test_everything_after_the_separator_goes_to_the_cli() -> None:
+    inv = parse_invocation(["--kill-timeout", "2", "--", "-p", "--kill-timeout", "9"], "x")
+    assert inv.claude_args == ("-p", "--kill-timeout", "9")
+    assert inv.config.policy.kill_timeout == 2
+
+
+def test_without_separator_every_argument_is_the_clis_and_options_come_from_env() -> None:
+    env = {"CLAUDE_SUPERVISOR_KILL_TIMEOUT": "4", "CLAUDE_SUPERVISOR_CLAUDE": "/opt/claude"}
+    inv = parse_invocation(["--kill-timeout", "2", "-p"], "claude-supervisor", env)
+    assert inv.claude_args == ("--kill-timeout", "2", "-p")
+    assert inv.config.policy.kill_timeout == 4
+    assert inv.config.claude == "/opt/claude"
+
+
+def test_invoked_as_claude_even_help_goes_to_the_cli() -> None:
+    inv = parse_invocation(["--help"], "/somewhere/bin/claude", {})
+    assert inv.mode == "run" and inv.claude_args == ("--help",)
+
+
+def test_flags_win_over_the_environment() -> None:
+    env = {"CLAUDE_SUPERVISOR_INTERRUPT_TIMEOUT": "9"}
+    inv = parse_invocation(["--interrupt-timeout", "0.25", "--"], "x", env)
+    assert inv.config.policy.interrupt_timeout == 0.25
+
+
+def test_every_option_has_a_variable_named_after_its_flag() -> None:
+    assert {o.variable for o in OPTIONS} == {
+        "CLAUDE_SUPERVISOR_CLAUDE",
+        "CLAUDE_SUPERVISOR_INTERRUPT_TIMEOUT",
+        "CLAUDE_SUPERVISOR_SIGINT_TIMEOUT",
+        "CLAUDE_SUPERVISOR_KILL_TIMEOUT",
+        "CLAUDE_SUPERVISOR_EXIT_TIMEOUT",
+        "CLAUDE_SUPERVISOR_READY_TIMEOUT",
+        "CLAUDE_SUPERVISOR_REPORT_FILE",
+        "CLAUDE_SUPERVISOR_MAX_LINE_BYTES",
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--sigint-timeout", "nan", "--"], {}, "--sigint-timeout: must be a positive"),
+        (["--max-line-bytes", "12", "--"], {}, "at least 1024"),
+        (["--"], {"CLAUDE_SUPERVISOR_EXIT_TIMEOUT": "x"}, "CLAUDE_SUPERVISOR_EXIT_TIMEOUT"),
+        (["--nope", "--"], {}, "unrecognized arguments"),
+    ],
+)
+def test_bad_values_are_config_errors(argv: list[str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_invocation(argv, "x", env)

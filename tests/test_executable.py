@@ -1,0 +1,364 @@
+"""The drop-in executable, driven over pipes with the fake CLI behind it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil
+import pytest
+import trio
+from conftest import processes_with_token
+from wrapper_harness import (
+    STREAM_ARGS,
+    Wrapper,
+    environ,
+    is_result,
+    is_system,
+    is_tool_use,
+    supervisor_argv,
+    user,
+)
+
+
+@pytest.fixture
+async def wrapper(fake_claude: Path, home: Path) -> AsyncIterator[Wrapper]:
+    w = await Wrapper.start(supervisor_argv(fake_claude))
+    try:
+        yield w
+    finally:
+        if w.process.returncode is None:
+            await w.close_stdin()
+            with trio.move_on_after(15):
+                await w.process.wait()
+        await w.kill()
+
+
+async def test_frames_are_relayed_unchanged(wrapper: Wrapper) -> None:
+    await wrapper.send(user("hello"))
+    result = await wrapper.expect(is_result)
+    assert result["result"] == "reply #1 to: hello"
+    assert result["fake_history"] == ["hello"]  # a field the supervisor knows nothing of
+    init = wrapper.frames[0]
+    assert init["type"] == "system" and init["subtype"] == "init"
+    # Relayed byte for byte: the fake writes compact JSON with its own key order.
+    assert json.loads(wrapper.raw_lines[-1]) == result
+
+
+async def test_each_user_frame_gets_one_result_even_when_sent_mid_turn(wrapper: Wrapper) -> None:
+    await wrapper.send(user("[[fake: tool=1]]"), user("a"), user("b"))
+    results = await wrapper.results(3)
+    assert [r["fake_history"][-1] for r in results] == ["[[fake: tool=1]]", "a", "b"]
+
+
+async def test_cancel_turn_in_band(wrapper: Wrapper) -> None:
+    await wrapper.send(user("[[fake: tool=60]]"))
+    await wrapper.expect(is_tool_use)
+    await wrapper.send({"type": "cancel_turn", "request_id": "c1"})
+    result = await wrapper.expect(is_result)
+    assert result["terminal_reason"] == "aborted_tools"
+    notice = await wrapper.expect(is_system("supervisor_cancel"))
+    assert notice["request_ids"] == ["c1"]
+    report = notice["report"]
+    assert report["path"] == "interrupt" and report["respawned"] is False
+    assert set(report) == {
+        "path",
+        "total_ms",
+        "steps",
+        "respawned",
+        "session_id",
+        "processes_killed",
+    }
+    assert notice["session_id"] == result["session_id"]
+
+
+async def test_cancel_turn_escalates_and_synthesizes_the_result(wrapper: Wrapper) -> None:
+    await wrapper.send(user("first"))
+    first = await wrapper.expect(is_result)
+    await wrapper.send(user("[[fake: tool=60, wedge]]"))
+    await wrapper.expect(is_tool_use)
+    await wrapper.send({"type": "cancel_turn"})
+    result = await wrapper.expect(is_result)
+    assert result["subtype"] == "error_during_execution"
+    assert result["is_error"] is True
+    assert result["terminal_reason"] == "cancelled"
+    assert result["session_id"] == first["session_id"]
+    notice = await wrapper.expect(is_system("supervisor_cancel"))
+    assert notice["report"]["path"] == "kill" and notice["report"]["respawned"] is True
+    await wrapper.send(user("after"))
+    after = await wrapper.expect(is_result)
+    assert after["fake_history"] == ["first", "[[fake: tool=60, wedge]]", "after"] or after[
+        "fake_history"
+    ] == ["first", "after"]
+    assert after["session_id"] == first["session_id"]
+
+
+async def test_frames_sent_during_a_cancel_are_held_and_delivered_in_order(
+    wrapper: Wrapper,
+) -> None:
+    await wrapper.send(user("[[fake: tool=60, ignore_interrupt]]"))
+    await wrapper.expect(is_tool_use)
+    await wrapper.send({"type": "cancel_turn"}, user("x"), user("y"))
+    kinds: list[str] = []
+    while len([k for k in kinds if k == "result"]) < 3:
+        frame = await wrapper.expect(lambda f: is_result(f) or is_system("supervisor_cancel")(f))
+        kinds.append(frame["type"])
+    results = [f for f in wrapper.frames if is_result(f)]
+    assert [r.get("fake_history", ["?"])[-1] for r in results[1:]] == ["x", "y"]
+
+
+async def test_supersede_turn(wrapper: Wrapper) -> None:
+    await wrapper.send(user("[[fake: tool=60]]"))
+    await wrapper.expect(is_tool_use)
+    await wrapper.send(user("queued"), {"type": "supersede_turn", "content": "instead"})
+    cancelled, first, second = await wrapper.results(3)
+    assert cancelled["is_error"] is True
+    assert first["fake_history"][-1] == "instead"
+    assert second["fake_history"][-1] == "queued"
+
+
+async def test_cancel_queued(wrapper: Wrapper) -> None:
+    await wrapper.send(user("[[fake: tool=60]]"), user("waiting"))
+    await wrapper.expect(is_tool_use)
+    await wrapper.send({"type": "cancel_turn", "cancel_queued": True})
+    results = await wrapper.results(2)
+    assert {r["terminal_reason"] for r in results} <= {"aborted_tools", "cancelled"}
+    assert any(r.get("supervisor") == {"synthesized": True} for r in results)
+
+
+async def test_sdk_interrupt_is_answered_even_when_the_cli_is_wedged(wrapper: Wrapper) -> None:
+    await wrapper.send(user("[[fake: tool=60, wedge]]"))
+    await wrapper.expect(is_tool_use)
+    await wrapper.send(
+        {"type": "control_request", "request_id": "sdk-1", "request": {"subtype": "interrupt"}}
+    )
+    result = await wrapper.expect(is_result)
+    assert result["is_error"] is True
+    answer = await wrapper.expect(lambda f: f.get("type") == "control_response")
+    assert answer["response"]["request_id"] == "sdk-1"
+    assert answer["response"]["subtype"] == "success"
+
+
+async def test_sigint_cancels_the_turn_and_the_wrapper_keeps_running(wrapper: Wrapper) -> None:
+    await wrapper.send(user("idle first"))
+    await wrapper.expect(is_result)
+    wrapper.signal(signal.SIGINT)  # idle: nothing happens
+    await wrapper.send(user("[[fake: tool=60]]"))
+    await wrapper.expect(is_tool_use)
+    wrapper.signal(signal.SIGINT)
+    assert (await wrapper.expect(is_result))["is_error"] is True
+    await wrapper.expect(is_system("supervisor_cancel"))
+    await wrapper.send(user("still here"))
+    assert (await wrapper.expect(is_result))["fake_history"][-1] == "still here"
+    assert wrapper.process.returncode is None
+
+
+async def test_bad_input_gets_errors_and_changes_nothing(wrapper: Wrapper) -> None:
+    await wrapper.send(b"not json\n", b"\xff\xfe\n", b"[1, 2]\n")
+    await wrapper.send({"type": "supervisor_pause"}, {"type": "supersede_turn", "content": 7})
+    codes = [
+        (await wrapper.expect(is_system("supervisor_error")))["error"]["code"] for _ in range(5)
+    ]
+    assert codes == [
+        "invalid_json",
+        "invalid_utf8",
+        "invalid_frame",
+        "unknown_supervisor_frame",
+        "invalid_supersede_turn",
+    ]
+    await wrapper.send(user("fine"))
+    assert (await wrapper.expect(is_result))["subtype"] == "success"
+
+
+async def test_stdin_eof_finishes_the_turn_then_exits_with_the_clis_code(
+    wrapper: Wrapper, process_audit: str
+) -> None:
+    await wrapper.send(user("[[fake: tool=1, escapee]]"), user("second"))
+    await wrapper.close_stdin()
+    frames = await wrapper.read_to_end()
+    assert [f["fake_history"][-1] for f in frames if is_result(f)] == [
+        "[[fake: tool=1, escapee]]",
+        "second",
+    ]
+    assert await wrapper.wait() == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+async def test_sigterm_and_sighup_stop_everything(wrapper: Wrapper, signum: signal.Signals) -> None:
+    await wrapper.send(user("[[fake: tool=60, escapee, stubborn]]"))
+    await wrapper.expect(is_tool_use)
+    wrapper.signal(signum)
+    assert await wrapper.wait() == 128 + signum
+    # The audit fixture fails the test if any process of the tree is left.
+
+
+async def test_a_sigkilled_wrapper_takes_the_cli_and_tools_with_it(
+    wrapper: Wrapper, process_audit: str
+) -> None:
+    await wrapper.send(user("[[fake: tool=60, escapee, stubborn]]"))
+    await wrapper.expect(is_tool_use)
+    before = processes_with_token(process_audit)
+    assert len(before) >= 4  # helper, CLI, tool, escapee...
+    wrapper.process.kill()
+    await wrapper.wait()
+    _gone, alive = psutil.wait_procs(before, timeout=10)
+    assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
+
+
+async def test_report_file(fake_claude: Path, home: Path, tmp_path: Path) -> None:
+    reports = tmp_path / "reports.jsonl"
+    w = await Wrapper.start(
+        supervisor_argv(fake_claude), env=environ(CLAUDE_SUPERVISOR_REPORT_FILE=str(reports))
+    )
+    try:
+        await w.send(user("[[fake: tool=60]]"))
+        await w.expect(is_tool_use)
+        await w.send({"type": "cancel_turn"})
+        notice = await w.expect(is_system("supervisor_cancel"))
+        [line] = reports.read_text().splitlines()
+        recorded = json.loads(line)
+        assert recorded["path"] == notice["report"]["path"]
+        assert "time" in recorded
+    finally:
+        await w.close_stdin()
+        await w.wait()
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--interrupt-timeout", "soon", "--"], {}, "--interrupt-timeout: must be a number"),
+        (["--kill-timeout", "-1", "--"], {}, "--kill-timeout: must be a positive"),
+        (["--bogus", "--"], {}, "unrecognized arguments: --bogus"),
+        (["--"], {"CLAUDE_SUPERVISOR_SIGINT_TIMEOUT": "0"}, "CLAUDE_SUPERVISOR_SIGINT_TIMEOUT"),
+    ],
+)
+async def test_bad_options_exit_2_with_a_clear_message(
+    argv: list[str], env: dict[str, str], message: str
+) -> None:
+    result = await trio.run_process(
+        [sys.executable, "-m", "supervisor", *argv, *STREAM_ARGS],
+        env=environ(**env),
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr.decode()
+
+
+async def test_flags_win_over_the_environment(fake_claude: Path, home: Path) -> None:
+    w = await Wrapper.start(
+        supervisor_argv(fake_claude, "--interrupt-timeout", "0.2"),
+        env=environ(CLAUDE_SUPERVISOR_INTERRUPT_TIMEOUT="30"),
+    )
+    try:
+        await w.send(user("[[fake: tool=60, ignore_interrupt]]"))
+        await w.expect(is_tool_use)
+        await w.send({"type": "cancel_turn"})
+        report = (await w.expect(is_system("supervisor_cancel")))["report"]
+        sigint = next(s["ms"] for s in report["steps"] if s["name"] == "sigint_sent")
+        assert 200 <= sigint < 30_000
+    finally:
+        await w.close_stdin()
+        await w.wait()
+
+
+def _link(directory: Path, name: str, target: str | Path) -> None:
+    directory.mkdir(exist_ok=True)
+    (directory / name).symlink_to(target)
+
+
+async def test_masquerading_as_claude_on_path(
+    fake_claude: Path, home: Path, tmp_path: Path
+) -> None:
+    """A bridge that spawns `claude` gets the wrapper, which finds the real one further on."""
+    entry = Path(sys.executable).parent / "claude-supervisor"
+    wrapper_dir = tmp_path / "wrapper-bin"
+    _link(wrapper_dir, "claude", entry)
+    path = f"{wrapper_dir}{os.pathsep}{fake_claude.parent}{os.pathsep}{os.environ['PATH']}"
+    w = await Wrapper.start(
+        STREAM_ARGS,
+        env=environ(PATH=path, CLAUDE_SUPERVISOR_INTERRUPT_TIMEOUT="0.3"),
+        executable=[str(wrapper_dir / "claude")],
+    )
+    try:
+        await w.send(user("[[fake: tool=60, ignore_interrupt]]"))
+        await w.expect(is_tool_use)
+        await w.send({"type": "cancel_turn"})
+        report = (await w.expect(is_system("supervisor_cancel")))["report"]
+        assert report["path"] == "sigint"
+        assert report["steps"][1]["ms"] < 2000  # the environment's 0.3 s, not the default
+    finally:
+        await w.close_stdin()
+        await w.wait()
+
+
+async def test_wrapper_refuses_to_run_itself_as_the_cli(tmp_path: Path) -> None:
+    entry = Path(sys.executable).parent / "claude-supervisor"
+    result = await trio.run_process(
+        [str(entry), "--claude", str(entry), "--", *STREAM_ARGS],
+        stdin=b"",
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert b"started as the CLI by claude-supervisor itself" in result.stdout + result.stderr
+
+
+async def test_passthrough_mode_propagates_the_exit_code_and_kills_leftovers(
+    tmp_path: Path, process_audit: str
+) -> None:
+    script = tmp_path / "claude"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"setsid {sys.executable} -c 'import time; time.sleep(60)' </dev/null >/dev/null 2>&1 &\n"
+        'echo "args: $*"\n'
+        "exit 7\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    result = await trio.run_process(
+        [sys.executable, "-m", "supervisor", "--claude", str(script), "--", "-p", "hi"],
+        stdin=b"",
+        capture_stdout=True,
+        check=False,
+    )
+    assert result.returncode == 7
+    assert result.stdout == b"args: -p hi\n"
+    assert processes_with_token(process_audit) == []
+
+
+async def test_missing_cli_is_a_clear_error(tmp_path: Path) -> None:
+    result = await trio.run_process(
+        [sys.executable, "-m", "supervisor", "--", *STREAM_ARGS],
+        env=environ(PATH=str(tmp_path)),
+        stdin=b"",
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 127
+    assert b"cannot find the Claude Code CLI" in result.stderr
+
+
+async def test_help_lists_every_option_with_its_variable() -> None:
+    result = await trio.run_process(
+        [sys.executable, "-m", "supervisor", "--help"], capture_stdout=True
+    )
+    text = result.stdout.decode()
+    for variable in ("CLAUDE_SUPERVISOR_CLAUDE", "CLAUDE_SUPERVISOR_KILL_TIMEOUT"):
+        assert variable in text
+
+
+async def test_demo_shows_every_rung(home: Path) -> None:
+    result = await trio.run_process(
+        [sys.executable, "-m", "supervisor", "demo"], capture_stdout=True, check=False
+    )
+    out = result.stdout.decode()
+    assert result.returncode == 0, out
+    for rung in ("ended by: interrupt", "ended by: sigint", "ended by: kill"):
+        assert rung in out
