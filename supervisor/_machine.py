@@ -671,6 +671,8 @@ class SessionMachine:
         self._answer_user_requests_on_exit(out)
         if self._running is not None:
             self._end_running_turn(event, purpose, now, out)
+        # The turn has ended: an interrupt the CLI never answered has done its job.
+        self._answer_user_interrupts(out)
         if self._failed is not None:
             self._finish(1, out)
             return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -40,12 +39,14 @@ class Wrapper:
         *,
         env: Mapping[str, str] | None = None,
         executable: Sequence[str] = (sys.executable, "-m", "supervisor"),
+        cwd: Path | None = None,
     ) -> Wrapper:
         process = await trio.lowlevel.open_process(
             [*executable, *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=dict(env) if env is not None else None,
+            cwd=cwd,
         )
         return cls(process)
 
@@ -126,6 +127,3 @@ def environ(**overrides: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(overrides)
     return env
-
-
-INFINITY = math.inf

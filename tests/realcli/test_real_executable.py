@@ -1,0 +1,120 @@
+"""The drop-in executable in front of the real Claude Code CLI, driven over pipes."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil
+import pytest
+from wrapper_harness import FAST_FLAGS, Wrapper, is_result, is_system, is_tool_use, user
+
+from supervisor.testing.fake_api import FakeMessagesAPI, typed_user_texts
+
+from .conftest import ARGS, long_tool, wait_for_file
+
+pytestmark = pytest.mark.real_cli
+
+
+@pytest.fixture
+async def wrapper(
+    claude_cli: Path, cli_env: dict[str, str], workdir: Path
+) -> AsyncIterator[Wrapper]:
+    argv = ["--claude", str(claude_cli), *FAST_FLAGS, "--sigint-timeout", "4", "--", *ARGS]
+    w = await Wrapper.start(argv, env=cli_env, cwd=workdir)
+    try:
+        yield w
+    finally:
+        if w.process.returncode is None:
+            await w.close_stdin()
+            await w.wait(30)
+        await w.kill()
+
+
+def the_cli(wrapper: Wrapper) -> psutil.Process:
+    """The CLI under the wrapper: its helper's first child (the helper, a subreaper, also
+    adopts orphans such as a tool's escaped grandchild)."""
+    [helper] = psutil.Process(wrapper.process.pid).children()
+    return min(helper.children(), key=lambda child: child.create_time())
+
+
+async def test_cancel_turn_in_band(wrapper: Wrapper, workdir: Path) -> None:
+    await wrapper.send(user(long_tool(workdir / "started")))
+    await wrapper.expect(is_tool_use)
+    await wait_for_file(workdir / "started")
+    await wrapper.send({"type": "cancel_turn", "request_id": "c1"})
+    result = await wrapper.expect(is_result)
+    assert result["terminal_reason"] == "aborted_tools"
+    assert "supervisor" not in result  # the CLI's own result, relayed
+    notice = await wrapper.expect(is_system("supervisor_cancel"))
+    assert notice["report"]["path"] == "interrupt" and notice["request_ids"] == ["c1"]
+
+
+async def test_wedged_cli_is_killed_and_the_session_resumes(
+    wrapper: Wrapper, workdir: Path, api: FakeMessagesAPI
+) -> None:
+    await wrapper.send(user("first"))
+    first = await wrapper.expect(is_result)
+    await wrapper.send(user(long_tool(workdir / "started", escapee=True)))
+    await wait_for_file(workdir / "started")
+    the_cli(wrapper).send_signal(signal.SIGSTOP)
+    await wrapper.send({"type": "cancel_turn"})
+    result = await wrapper.expect(is_result)
+    assert result["terminal_reason"] == "cancelled" and result["is_error"] is True
+    assert result["session_id"] == first["session_id"]
+    report = (await wrapper.expect(is_system("supervisor_cancel")))["report"]
+    assert report["path"] == "kill" and report["respawned"] is True
+    assert report["processes_killed"] >= 3
+    await wrapper.send(user("after"))
+    after = await wrapper.expect(is_result)
+    assert after["session_id"] == first["session_id"]
+    assert "first" in typed_user_texts(api.requests[-1])
+
+
+async def test_each_user_frame_gets_one_result(wrapper: Wrapper, workdir: Path) -> None:
+    await wrapper.send(user(long_tool(workdir / "started", seconds=1)), user("b"), user("c"))
+    results = await wrapper.results(3, timeout=60)
+    assert [r["result"] for r in results[1:]] == ["reply #2 to: b", "reply #3 to: c"]
+
+
+async def test_supersede_turn(wrapper: Wrapper, workdir: Path) -> None:
+    await wrapper.send(user(long_tool(workdir / "started")))
+    await wait_for_file(workdir / "started")
+    await wrapper.send(user("queued"), {"type": "supersede_turn", "content": "instead"})
+    cancelled, first, second = await wrapper.results(3, timeout=60)
+    assert cancelled["is_error"] is True
+    assert first["result"].endswith("to: instead")
+    assert second["result"].endswith("to: queued")
+
+
+async def test_sdk_style_interrupt_is_answered_when_the_cli_is_wedged(
+    wrapper: Wrapper, workdir: Path
+) -> None:
+    await wrapper.send(user(long_tool(workdir / "started")))
+    await wait_for_file(workdir / "started")
+    the_cli(wrapper).send_signal(signal.SIGSTOP)
+    await wrapper.send(
+        {"type": "control_request", "request_id": "sdk-1", "request": {"subtype": "interrupt"}}
+    )
+    answer = await wrapper.expect(lambda f: f.get("type") == "control_response")
+    assert answer["response"] == {"subtype": "success", "request_id": "sdk-1", "response": {}}
+    assert any(is_result(f) for f in wrapper.frames)
+
+
+async def test_sigint_to_the_wrapper_cancels_the_turn(wrapper: Wrapper, workdir: Path) -> None:
+    await wrapper.send(user(long_tool(workdir / "started")))
+    await wait_for_file(workdir / "started")
+    wrapper.signal(signal.SIGINT)
+    assert (await wrapper.expect(is_result))["is_error"] is True
+    await wrapper.expect(is_system("supervisor_cancel"))
+    await wrapper.send(user("still here"))
+    assert (await wrapper.expect(is_result))["result"].endswith("to: still here")
+
+
+async def test_stdin_eof_exits_with_the_clis_code(wrapper: Wrapper) -> None:
+    await wrapper.send(user("only"))
+    await wrapper.close_stdin()
+    frames = await wrapper.read_to_end(30)
+    assert [f["result"] for f in frames if is_result(f)] == ["reply #1 to: only"]
+    assert await wrapper.wait() == 0

@@ -1,0 +1,182 @@
+"""The library with the real Claude Code CLI: every rung, resume, the queue, supersede."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+import trio
+from conftest import processes_with_token
+
+from supervisor import EscalationPolicy, Session, Turn, open_session
+from supervisor.testing.fake_api import FakeMessagesAPI, typed_user_texts
+
+from .conftest import ARGS, long_tool, wait_for_file
+
+pytestmark = pytest.mark.real_cli
+
+POLICY = EscalationPolicy(interrupt_timeout=2, sigint_timeout=4, kill_timeout=1)
+
+
+def strays(session: Session, token: str) -> list[psutil.Process]:
+    """Live processes of this test other than the CLI and its helper."""
+    process = session._driver.process
+    helper = process._helper.pid if process is not None and process._helper else None
+    keep = {session.cli_pid, helper}
+    alive = []
+    for proc in processes_with_token(token):
+        try:
+            if proc.pid not in keep and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+        except psutil.Error:
+            continue
+    return alive
+
+
+async def start_tool(session: Session, marker: Path, **kwargs: bool) -> Turn:
+    turn = await session.send(long_tool(marker, **kwargs))
+    await wait_for_file(marker)
+    return turn
+
+
+async def test_in_band_cancel_kills_even_an_escaped_grandchild(
+    claude_cli: Path, cli_env: dict[str, str], workdir: Path, process_audit: str
+) -> None:
+    async with open_session(ARGS, claude=claude_cli, env=cli_env, cwd=workdir) as session:
+        turn = await start_tool(session, workdir / "started", escapee=True)
+        started = trio.current_time()
+        report = await session.cancel()
+        elapsed_ms = (trio.current_time() - started) * 1000
+        assert report is not None
+        assert report.path == "interrupt" and not report.respawned
+        assert report.processes_killed >= 1  # the setsid grandchild the CLI left
+        result = await turn.result()
+        assert result["terminal_reason"] == "aborted_tools"
+        assert strays(session, process_audit) == []
+        # The report agrees with what the caller saw.
+        assert report.total_ms <= elapsed_ms + 1
+        names = [s.name for s in report.steps]
+        assert names[:3] == ["interrupt_sent", "interrupt_answered", "result"]
+        assert names[-1] == "ready" and report.steps[-1].ms == report.total_ms
+        nxt = await (await session.send("next")).result()
+        assert nxt["subtype"] == "success" and nxt["session_id"] == report.session_id
+
+
+async def test_sigint_rung_and_resume_continuity(
+    claude_cli: Path,
+    cli_env: dict[str, str],
+    workdir: Path,
+    api: FakeMessagesAPI,
+    process_audit: str,
+) -> None:
+    # The CLI answers the interrupt in tens of milliseconds: a deadline of 1 ms makes
+    # it miss the interrupt's deadline, as a busy CLI would, so SIGINT follows.
+    policy = EscalationPolicy(interrupt_timeout=0.001, sigint_timeout=5, kill_timeout=1)
+    async with open_session(
+        ARGS, claude=claude_cli, env=cli_env, cwd=workdir, policy=policy
+    ) as session:
+        first = await (await session.send("remember the word tangerine")).result()
+        turn = await start_tool(session, workdir / "started")
+        cli_before = session.cli_pid
+        report = await session.cancel()
+        assert report is not None and report.path == "sigint" and report.respawned
+        assert report.session_id == first["session_id"]
+        assert (await turn.result())["is_error"] is True
+        assert session.cli_pid != cli_before
+        assert strays(session, process_audit) == []
+        after = await (await session.send("what was the word?")).result()
+        assert after["session_id"] == first["session_id"]
+        texts = typed_user_texts(api.requests[-1])
+        assert "remember the word tangerine" in texts and texts[-1] == "what was the word?"
+
+
+async def test_kill_rung_for_a_stopped_cli(
+    claude_cli: Path,
+    cli_env: dict[str, str],
+    workdir: Path,
+    api: FakeMessagesAPI,
+    process_audit: str,
+) -> None:
+    async with open_session(
+        ARGS, claude=claude_cli, env=cli_env, cwd=workdir, policy=POLICY
+    ) as session:
+        await (await session.send("first")).result()
+        turn = await start_tool(session, workdir / "started", escapee=True)
+        assert session.cli_pid is not None
+        os.kill(session.cli_pid, signal.SIGSTOP)  # wedged: reads nothing, ignores SIGINT
+        report = await session.cancel()
+        assert report is not None and report.path == "kill" and report.respawned
+        assert report.processes_killed >= 3  # the CLI, its tool shell, the escapee...
+        sigint, kill = report.step_ms("sigint_sent"), report.step_ms("kill_sent")
+        assert sigint is not None and kill is not None
+        assert sigint >= POLICY.interrupt_timeout * 1000
+        assert kill - sigint >= POLICY.sigint_timeout * 1000
+        result = await turn.result()
+        assert result["terminal_reason"] == "cancelled" and result["session_id"]
+        assert strays(session, process_audit) == []
+        after = await (await session.send("after the kill")).result()
+        assert after["session_id"] == report.session_id
+        assert "first" in typed_user_texts(api.requests[-1])
+
+
+async def test_one_result_per_send_even_when_sent_during_a_tool_call(
+    claude_cli: Path, cli_env: dict[str, str], workdir: Path
+) -> None:
+    async with open_session(ARGS, claude=claude_cli, env=cli_env, cwd=workdir) as session:
+        marker = workdir / "started"
+        short = long_tool(marker, seconds=1)
+        turns = [await session.send(short)]
+        await wait_for_file(marker)
+        turns += [await session.send("second"), await session.send("third")]
+        results = [await t.result() for t in turns]
+        assert [r["result"] for r in results[1:]] == [
+            "reply #2 to: second",
+            "reply #3 to: third",
+        ]
+
+
+async def test_supersede_with_the_real_cli(
+    claude_cli: Path, cli_env: dict[str, str], workdir: Path
+) -> None:
+    async with open_session(ARGS, claude=claude_cli, env=cli_env, cwd=workdir) as session:
+        running = await start_tool(session, workdir / "started")
+        queued = await session.send("queued")
+        new = await session.supersede("instead")
+        assert (await running.result())["is_error"] is True
+        assert (await new.result())["result"].endswith("to: instead")
+        assert (await queued.result())["result"].endswith("to: queued")
+        assert session.last_report is not None and session.last_report.path == "interrupt"
+
+
+async def test_a_stalled_model_stream_is_cancelled_in_band(
+    claude_cli: Path, cli_env: dict[str, str], workdir: Path, api: FakeMessagesAPI
+) -> None:
+    async with open_session(ARGS, claude=claude_cli, env=cli_env, cwd=workdir) as session:
+        turn = await session.send("[[api: stall]]")
+        await trio.to_thread.run_sync(api.wait_for_stall)
+        report = await session.cancel()
+        assert report is not None and report.path == "interrupt"
+        assert (await turn.result())["terminal_reason"] == "aborted_streaming"
+
+
+async def test_api_error_is_the_clis_own_result(
+    claude_cli: Path, cli_env: dict[str, str], workdir: Path
+) -> None:
+    async with open_session(ARGS, claude=claude_cli, env=cli_env, cwd=workdir) as session:
+        result = await (await session.send("[[api: error]]")).result()
+        assert result["is_error"] is True and "supervisor" not in result
+        assert (await (await session.send("fine")).result())["is_error"] is False
+
+
+async def test_close_during_a_tool_call_leaves_nothing(
+    claude_cli: Path, cli_env: dict[str, str], workdir: Path
+) -> None:
+    async with open_session(
+        ARGS, claude=claude_cli, env=cli_env, cwd=workdir, policy=POLICY
+    ) as session:
+        turn = await start_tool(session, workdir / "started", escapee=True)
+    assert (await turn.result())["is_error"] is True
+    # The audit fixture fails the test if the tool or its escapee survived.
