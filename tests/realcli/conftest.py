@@ -46,7 +46,7 @@ def long_tool(marker: Path, *, escapee: bool = False, seconds: int = 300) -> str
 async def wait_for_file(path: Path, timeout: float = 30) -> None:
     """Waits until a tool has created `path` (there is no frame for "the tool runs")."""
     with trio.fail_after(timeout):
-        while not path.exists():
+        while not await trio.Path(path).exists():
             await trio.sleep(0.02)
 
 
