@@ -291,6 +291,9 @@ class SessionMachine:
         self._session_requests: dict[str, Frame] = {}
         # The user's control requests the CLI has not answered yet, by request id.
         self._user_requests: dict[Any, Frame] = {}
+        # The user's interrupts the supervisor answered itself: a late answer from the
+        # CLI to one of them is dropped, so the user gets exactly one.
+        self._answered: set[Any] = set()
 
     # ------------------------------------------------------------------ public
 
@@ -424,7 +427,7 @@ class SessionMachine:
                 self._escalation.rung is Rung.INTERRUPT
                 and self._escalation.pending_interrupt is None
             ):
-                out.append(WriteToCli(frame))
+                self._forward_control(frame, out)
             # Otherwise it is answered when the cancel under way ends.
             return
         if isinstance(subtype, str) and subtype in protocol.SESSION_LEVEL_SUBTYPES:
@@ -445,7 +448,8 @@ class SessionMachine:
 
     def _forward_control(self, frame: Frame, out: list[Action]) -> None:
         if frame.type == "control_request":
-            self._user_requests[frame.data.get("request_id")] = frame
+            request_id = frame.data.get("request_id")
+            self._user_requests[request_id] = frame
         out.append(WriteToCli(frame))
 
     def _enqueue(self, frame: Frame, out: list[Action], *, front: bool) -> int:
@@ -602,11 +606,16 @@ class SessionMachine:
         )
 
     def _answer_user_interrupts(self, out: list[Action]) -> None:
-        """The user's interrupts that the CLI never answered get an answer anyway."""
+        """The turn has ended: every interrupt of the user not yet answered gets its answer.
+
+        An SDK waits for it (the official one for 60 s) even when the turn ended another
+        way: by escalation, or by finishing. Should the CLI answer later, that answer is
+        dropped (see `_answered`): one answer per request.
+        """
         for request_id, frame in list(self._user_requests.items()):
-            request = frame.data.get("request")
-            if isinstance(request, dict) and request.get("subtype") == "interrupt":
+            if _is_interrupt(frame):
                 del self._user_requests[request_id]
+                self._answered.add(request_id)
                 out.append(Deliver(protocol.control_success(request_id), self.running_turn))
 
     # --------------------------------------------------------------- from CLI
@@ -653,6 +662,9 @@ class SessionMachine:
             return True
         if isinstance(request_id, str) and request_id.startswith(protocol.OWN_ID_PREFIX):
             return True
+        if request_id in self._answered:
+            self._answered.discard(request_id)
+            return True  # already answered by the supervisor
         self._user_requests.pop(request_id, None)
         return False
 
@@ -668,6 +680,7 @@ class SessionMachine:
         if esc is not None:
             esc.killed += event.processes_killed
             self._step("tree_killed" if esc.rung is Rung.KILL else "exited", now)
+        self._answered.clear()  # that CLI will answer nothing more
         self._answer_user_requests_on_exit(out)
         if self._running is not None:
             self._end_running_turn(event, purpose, now, out)
@@ -677,7 +690,6 @@ class SessionMachine:
             self._finish(1, out)
             return
         if purpose is Purpose.CLOSE:
-            self._answer_user_interrupts(out)
             self._finish(_exit_code(event.returncode), out)
             return
         if self._respawning or (not self._proven and purpose is None):
@@ -699,11 +711,10 @@ class SessionMachine:
     def _answer_user_requests_on_exit(self, out: list[Action]) -> None:
         """The user's control requests die with the CLI: say so, so no caller waits forever.
 
-        Interrupts are the exception: they are answered (success) when the cancel ends.
+        Interrupts are the exception: the turn ended, so they are answered with success.
         """
         for request_id, frame in list(self._user_requests.items()):
-            request = frame.data.get("request")
-            if isinstance(request, dict) and request.get("subtype") == "interrupt":
+            if _is_interrupt(frame):
                 continue
             del self._user_requests[request_id]
             message = (
@@ -833,6 +844,15 @@ class SessionMachine:
             out.append(Deliver(self._failed_result(), self._running.id))
             self._running = None
         self._drop_queued(message, out)
+        for held in self._queue:  # control frames held for the CLI: they get an answer too
+            if isinstance(held, Frame) and held.type == "control_request":
+                request_id = held.data.get("request_id")
+                answer = (
+                    protocol.control_success(request_id)
+                    if _is_interrupt(held)
+                    else protocol.control_error(request_id, message)
+                )
+                out.append(Deliver(answer, None))
         self._queue.clear()
         esc, self._escalation = self._escalation, None
         self._answer_user_interrupts(out)
@@ -871,6 +891,11 @@ class SessionMachine:
 
     def _step_on(self, esc: _Escalation, name: str, now: float) -> None:
         esc.steps.append(Step(name, _ms(now - esc.started)))
+
+
+def _is_interrupt(frame: Frame) -> bool:
+    request = frame.data.get("request")
+    return isinstance(request, dict) and request.get("subtype") == "interrupt"
 
 
 def _ms(seconds: float) -> float:

@@ -1,0 +1,157 @@
+"""Randomized fault injection against the state machine, paired with a simulated CLI.
+
+Hypothesis drives random sequences of user turns, cancels, supersedes, interrupts,
+control requests and waits, with a fault drawn for every turn and every respawn (see
+tests/sim_cli.py). Whatever happens, the promises must hold:
+
+* every user turn gets exactly one result, and every interrupt exactly one answer;
+* no turn is forwarded twice or while another runs (nothing merged, duplicated, lost);
+* when a cancel ends, no process of the cancelled turn is alive;
+* every cancel ends within the policy's deadlines plus a bounded respawn;
+* unless a resume failed, the session answers the next turn.
+
+The profile (`HYPOTHESIS_PROFILE`) sets how many sequences run: `ci` (the default) a
+few hundred, `long` many thousands, on demand.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from sim_cli import Behaviour, ResumeFault, Violation, World
+
+settings.register_profile(
+    "ci", max_examples=300, stateful_step_count=30, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)  # fmt: skip
+settings.register_profile(
+    "long", max_examples=20_000, stateful_step_count=60, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)  # fmt: skip
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+MAX_RESUME_DELAY = 2.0
+
+behaviours = st.builds(
+    Behaviour,
+    duration=st.floats(0.01, 3.0),
+    tool=st.booleans(),
+    escapee=st.booleans(),
+    stubborn=st.booleans(),
+    ignore_interrupt=st.booleans(),
+    mute_interrupt=st.booleans(),
+    ignore_sigint=st.booleans(),
+    wedge=st.booleans(),
+    crash=st.sampled_from([False] * 4 + [True]),
+    garbage=st.booleans(),
+)
+resume_faults = st.builds(
+    ResumeFault,
+    delay=st.floats(0.01, MAX_RESUME_DELAY),
+    fails=st.sampled_from([False] * 6 + [True]),
+)
+
+
+class SupervisedSession(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.world = World()
+        self.requests = 0
+
+    @initialize(fault=resume_faults)
+    def first_resume_fault(self, fault: ResumeFault) -> None:
+        self.world.resume_faults.append(fault)
+
+    def _open(self) -> bool:
+        return not self.world.machine.finished
+
+    @precondition(_open)
+    @rule(behaviour=behaviours)
+    def send(self, behaviour: Behaviour) -> None:
+        self.world.send(behaviour)
+
+    @precondition(_open)
+    @rule(behaviour=behaviours)
+    def supersede(self, behaviour: Behaviour) -> None:
+        self.world.supersede(behaviour)
+
+    @precondition(_open)
+    @rule(cancel_queued=st.booleans())
+    def cancel(self, cancel_queued: bool) -> None:
+        self.world.cancel(cancel_queued)
+
+    @precondition(_open)
+    @rule()
+    def interrupt_like_an_sdk(self) -> None:
+        self.requests += 1
+        self.world.user_interrupt(f"u{self.requests}")
+
+    @precondition(_open)
+    @rule()
+    def set_model(self) -> None:
+        self.requests += 1
+        self.world.set_model(f"m{self.requests}")
+
+    @precondition(_open)
+    @rule(seconds=st.floats(0.001, 8.0))
+    def wait(self, seconds: float) -> None:
+        self.world.run_for(seconds)
+
+    @rule(fault=resume_faults)
+    def next_respawn_misbehaves(self, fault: ResumeFault) -> None:
+        self.world.resume_faults.append(fault)
+
+    @invariant()
+    def cancels_end_within_the_deadlines(self) -> None:
+        policy = self.world.policy
+        bound = (
+            policy.interrupt_timeout
+            + policy.sigint_timeout
+            + policy.reap_timeout
+            + MAX_RESUME_DELAY
+            + 1.0
+        )
+        for _, report in self.world.reports:
+            if report is not None and report.total_ms > bound * 1000:
+                raise Violation(f"a cancel took {report.total_ms} ms: {report}")
+
+    @invariant()
+    def no_process_of_a_cancelled_turn_survives_its_cancel(self) -> None:
+        world = self.world
+        if world.machine.cancelling:
+            return
+        for proc in world.processes:
+            if proc.alive and proc.turn in world.cancelled_turns and proc.turn in world.results:
+                raise Violation(f"a process of cancelled turn {proc.turn} is alive")
+
+    @invariant()
+    def at_most_one_answer_per_interrupt(self) -> None:
+        assert all(n <= 1 for n in self.world.user_interrupts.values())
+
+    def teardown(self) -> None:
+        world = self.world
+        world.settle()
+        # A wedged turn never ends by itself: the user cancels what is stuck.
+        for _ in range(len(world.submitted) + 1):
+            if world.machine.finished or world.machine.running_turn is None:
+                break
+            world.cancel()
+            world.settle()
+        missing = [t for t in world.submitted if len(world.results.get(t, [])) != 1]
+        assert not missing, f"turns without exactly one result: {missing}"
+        unanswered = [r for r, n in world.user_interrupts.items() if n != 1]
+        assert not unanswered, f"interrupts not answered exactly once: {unanswered}"
+        assert len(world.forwarded) == len(set(world.forwarded)), "a turn was forwarded twice"
+        if world.machine.finished:
+            assert world.finished == 1  # only a failed resume ends a session here
+            return
+        # The session must still work: a well-behaved turn gets a successful result.
+        turn = world.send(Behaviour(duration=0.1))
+        world.settle()
+        assert world.results[turn][0]["subtype"] == "success", world.results[turn]
+
+
+TestSupervisedSession = SupervisedSession.TestCase
