@@ -86,7 +86,9 @@ class World:
         )
         self.machine = m.SessionMachine(["-p"], self.policy)
         self.now = 0.0
-        self._queue: list[tuple[float, int, int, m.Event]] = []  # (time, seq, generation, ev)
+        self._queue: list[
+            tuple[float, int, int, m.Event | _EndTurn | _Stop]
+        ] = []  # (time, seq, generation, ev)
         self._seq = itertools.count()
         self._generations = itertools.count(1)
         self.cli: SimCli | None = None
@@ -198,7 +200,9 @@ class World:
                 self.cli = None
         self._feed(event)
 
-    def _schedule(self, delay: float, event: m.Event, *, cli_bound: bool = True) -> None:
+    def _schedule(
+        self, delay: float, event: m.Event | _EndTurn | _Stop, *, cli_bound: bool = True
+    ) -> None:
         generation = self.cli.generation if (cli_bound and self.cli) else 0
         heapq.heappush(self._queue, (self.now + delay, next(self._seq), generation, event))
 
