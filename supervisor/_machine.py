@@ -348,7 +348,22 @@ class SessionMachine:
                 pass
             case SpawnFailed(message):
                 self._alive = False
-                self._fail("cli_not_started", message, now, out)
+                if self._respawning:
+                    self._fail(
+                        "respawn_failed",
+                        f"cannot restart the Claude Code CLI to resume session "
+                        f"{self.session_id}: {message}; reinstall it or point the supervisor "
+                        "at it (--claude / CLAUDE_SUPERVISOR_CLAUDE)",
+                        now,
+                        out,
+                    )
+                else:
+                    self._fail(
+                        "cli_not_started",
+                        f"{message}; check the CLI's path (--claude / CLAUDE_SUPERVISOR_CLAUDE)",
+                        now,
+                        out,
+                    )
             case CliExited():
                 self._on_exit(event, now, out)
             case TurnProcessesKilled(count):
@@ -793,20 +808,23 @@ class SessionMachine:
             self._finish_cancel(now, out, respawned=True)
         if self._escalation is not None or not self.ready or self.finished:
             return
-        while self._queue:
-            item = self._queue[0]
+        # Held control frames first, in order: the CLI handles control requests at once
+        # even while turns wait, so none of them must wait behind a queued turn.
+        turns: deque[_Turn | Frame] = deque()
+        for item in self._queue:
             if isinstance(item, Frame):
-                self._queue.popleft()
                 self._forward_control(item, out)
-                continue
-            if self._running is not None:
-                break
-            self._queue.popleft()
-            item.started = now
-            self._running = item
+            else:
+                turns.append(item)
+        self._queue = turns
+        if self._running is None and self._queue:
+            turn = self._queue.popleft()
+            assert isinstance(turn, _Turn)
+            turn.started = now
+            self._running = turn
             self._initialized = False  # the CLI prints init at the start of every turn
             out.append(MarkTurnStart())
-            out.append(WriteToCli(item.frame))
+            out.append(WriteToCli(turn.frame))
         closing = self._closing
         if closing and not self._queue and (self._running is None or not closing.drain):
             self._escalation = _Escalation(
@@ -817,7 +835,7 @@ class SessionMachine:
             )
             out.append(CloseCliInput())
 
-    def _drop_queued(self, why: str, out: list[Action]) -> None:
+    def _drop_queued(self, why: str, out: list[Action], reason: str = "cancelled") -> None:
         for item in [item for item in self._queue if isinstance(item, _Turn)]:
             self._queue.remove(item)
             out.append(
@@ -825,7 +843,7 @@ class SessionMachine:
                     protocol.synthesized_result(
                         session_id=self.session_id,
                         duration_ms=0,
-                        terminal_reason="cancelled",
+                        terminal_reason=reason,
                         message=why,
                     ),
                     item.id,
@@ -843,7 +861,7 @@ class SessionMachine:
         if self._running is not None:
             out.append(Deliver(self._failed_result(), self._running.id))
             self._running = None
-        self._drop_queued(message, out)
+        self._drop_queued(message, out, "supervisor_failed")
         for held in self._queue:  # control frames held for the CLI: they get an answer too
             if isinstance(held, Frame) and held.type == "control_request":
                 request_id = held.data.get("request_id")

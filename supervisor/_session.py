@@ -188,7 +188,7 @@ class Session:
 
 
 #: supervisor_error codes after which the session cannot go on.
-_FATAL_CODES = frozenset({"cli_not_started", "resume_failed", "tree_not_killed"})
+_FATAL_CODES = frozenset({"cli_not_started", "resume_failed", "respawn_failed", "tree_not_killed"})
 
 
 def find_claude(claude: str | os.PathLike[str] | None = None) -> str:

@@ -11,6 +11,7 @@ import psutil
 import pytest
 import trio
 from conftest import processes_with_token
+from wrapper_harness import is_tool_use
 
 import supervisor
 from supervisor import EscalationPolicy, Session, Turn, open_session
@@ -45,7 +46,7 @@ async def tool_running(turn: Turn) -> list[dict[str, Any]]:
     seen = []
     async for frame in turn:
         seen.append(frame)
-        if frame.get("type") == "assistant" and "tool_use" in str(frame.get("message")):
+        if is_tool_use(frame):
             return seen
     raise AssertionError(f"the turn ended before its tool ran: {seen}")
 
@@ -257,7 +258,7 @@ async def test_cancel_from_another_task_while_frames_stream(session: Session) ->
             reports.append(await session.cancel())
 
         async for frame in turn:
-            if frame.get("type") == "assistant" and "tool_use" in str(frame):
+            if is_tool_use(frame):
                 nursery.start_soon(canceller)
     assert reports[0] is not None and (await turn.result())["is_error"]
 

@@ -108,7 +108,11 @@ def is_result(frame: Frame) -> bool:
 
 
 def is_tool_use(frame: Frame) -> bool:
-    return frame.get("type") == "assistant" and "tool_use" in json.dumps(frame.get("message"))
+    """An assistant frame that calls a tool (the fake sends it once the tool runs)."""
+    if frame.get("type") != "assistant":
+        return False
+    content = (frame.get("message") or {}).get("content") or []
+    return any(isinstance(b, dict) and b.get("type") == "tool_use" for b in content)
 
 
 def is_system(subtype: str) -> Callable[[Frame], bool]:

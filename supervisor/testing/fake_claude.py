@@ -495,7 +495,7 @@ class Transcript:
         return cls(Path(config_dir) / "fake-sessions" / f"{session_id}.jsonl")
 
     def load(self) -> list[str] | None:
-        """The user texts of the recorded turns, or None if the session is unknown."""
+        """The user texts of the recorded turns, or None if there are none to resume."""
         try:
             lines = self.path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
@@ -509,7 +509,7 @@ class Transcript:
                 continue
             if isinstance(entry, dict) and isinstance(entry.get("user"), str):
                 texts.append(entry["user"])
-        return texts
+        return texts or None  # an empty file (say, a full disk) holds no conversation
 
     def record_user(self, text: str) -> None:
         """Record a turn's message as it starts, as the real CLI does: a CLI killed in
