@@ -411,6 +411,14 @@ class SessionMachine:
                 "the supervisor accepts cancel_turn and supersede_turn",
             )
         elif kind == "control_request":
+            if _request_id(frame.data) is None:
+                self._error(
+                    out,
+                    "invalid_control_request",
+                    'a control_request needs a "request_id" (a string) to be answered; '
+                    "it was not sent to the CLI",
+                )
+                return
             self._on_user_control_request(frame, now, out)
         elif kind == "control_response":
             # The user's answer to one of the CLI's requests: only that CLI can use it.
@@ -666,7 +674,9 @@ class SessionMachine:
     def _on_control_response(self, frame: Frame, now: float, out: list[Action]) -> bool:
         """Handles an answer; True when it was ours and must not reach the user."""
         response = frame.data.get("response")
-        request_id = response.get("request_id") if isinstance(response, dict) else None
+        request_id = _request_id(response) if isinstance(response, dict) else None
+        if request_id is None:
+            return False  # nothing of ours can be answered without an id: relay it
         esc = self._escalation
         if esc is not None and request_id == esc.interrupt_id and request_id is not None:
             self._step("interrupt_answered", now)
@@ -909,6 +919,14 @@ class SessionMachine:
 
     def _step_on(self, esc: _Escalation, name: str, now: float) -> None:
         esc.steps.append(Step(name, _ms(now - esc.started)))
+
+
+def _request_id(data: dict[str, Any]) -> str | int | None:
+    """A usable request id (a string or an integer), or None."""
+    value = data.get("request_id")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return value
 
 
 def _is_interrupt(frame: Frame) -> bool:
