@@ -4,18 +4,43 @@ The library in three names: `open_session()` runs one supervised CLI session,
 `Session.send()` gives a `Turn`, and `Session.cancel()` climbs the ladder (in-band
 interrupt, SIGINT, tree kill, respawn with --resume) and returns a `CancelReport`.
 See docs/library.md.
+
+The names are loaded on first use (PEP 562): the `claude-supervisor` executable imports
+this package before it can ignore SIGINT, and trio alone takes a tenth of a second to
+import, a window in which a parent's SIGINT would otherwise kill the wrapper.
 """
 
-from ._errors import (
-    CliNotFoundError,
-    SessionClosedError,
-    SessionFailedError,
-    SupervisorError,
-)
-from ._framing import DEFAULT_MAX_LINE_BYTES
-from ._policy import EscalationPolicy
-from ._report import CancelReport, Step
-from ._session import Session, Turn, find_claude, open_session
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._errors import (
+        CliNotFoundError,
+        SessionClosedError,
+        SessionFailedError,
+        SupervisorError,
+    )
+    from ._framing import DEFAULT_MAX_LINE_BYTES
+    from ._policy import EscalationPolicy
+    from ._report import CancelReport, Step
+    from ._session import Session, Turn, find_claude, open_session
+
+_WHERE = {
+    "CliNotFoundError": "._errors",
+    "SessionClosedError": "._errors",
+    "SessionFailedError": "._errors",
+    "SupervisorError": "._errors",
+    "DEFAULT_MAX_LINE_BYTES": "._framing",
+    "EscalationPolicy": "._policy",
+    "CancelReport": "._report",
+    "Step": "._report",
+    "Session": "._session",
+    "Turn": "._session",
+    "find_claude": "._session",
+    "open_session": "._session",
+}
 
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
@@ -31,3 +56,15 @@ __all__ = [
     "find_claude",
     "open_session",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'supervisor' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -6,16 +6,28 @@ variable; 127 when the CLI cannot be found or started.
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
-from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
+import signal
 
-import trio
+# First of all, before the imports below take their tenth of a second: a parent's
+# SIGINT while the wrapper starts must not kill it (the relay installs its own handler;
+# SIGINT while no turn runs does nothing, by the SIGINT contract).
+signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-from ._config import ConfigError, Invocation, parse_invocation, wants_stream_json_input
+import os  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from importlib.metadata import PackageNotFoundError, version  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import trio  # noqa: E402
+
+from ._config import (  # noqa: E402
+    ConfigError,
+    Invocation,
+    parse_invocation,
+    wants_stream_json_input,
+)
 
 #: Set by the helper for the CLI it starts: a wrapper whose parent is that helper has been
 #: started as "the CLI" by another wrapper, which would recurse forever.
@@ -65,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if invocation.mode == "demo":
         from ._demo import run_demo
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C ends the demo
 
         return trio.run(run_demo, invocation.config.claude)
     return _run(invocation)

@@ -1,0 +1,141 @@
+"""Randomized fault injection through the real executable, the fake CLI and real processes.
+
+Where tests/test_properties.py runs thousands of sequences against a model of the CLI,
+this runs fewer, slower ones against the real thing: the wrapper over pipes, the fake
+CLI misbehaving as each turn's directives say, real tool processes (deep trees, `setsid`
+escapees, children ignoring SIGTERM), SIGINTs to the wrapper, cancels and supersedes at
+random moments. Afterwards: every user frame got exactly one result, nothing was merged,
+every cancel ended within its deadlines, no tool process survived, and the wrapper
+exits 0 at end of input. `HYPOTHESIS_PROFILE=long` runs many more.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import psutil
+import trio
+from conftest import processes_with_token
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from wrapper_harness import Frame, Wrapper, is_result, supervisor_argv, user
+
+EXAMPLES = 12 if os.environ.get("HYPOTHESIS_PROFILE", "ci") == "ci" else 200
+
+# Every tool runs long, so a turn with a tool only ends through a cancel: afterwards no
+# tool process may be left at all.
+directives = st.sampled_from(
+    [
+        "",
+        "tool=30",
+        "tool=30, escapee",
+        "tool=30, stubborn, deep=3",
+        "tool=30, ignore_interrupt",
+        "tool=30, mute_interrupt, escapee",
+        "tool=30, ignore_interrupt, ignore_sigint",
+        "tool=30, wedge, escapee, stubborn",
+        "stream=30",
+        "crash",
+        "garbage",
+    ]
+)
+steps = st.one_of(
+    st.tuples(st.just("send"), directives),
+    st.tuples(st.just("supersede"), directives),
+    st.tuples(st.just("cancel"), st.booleans()),
+    st.tuples(st.just("sigint"), st.none()),
+    st.tuples(st.just("pause"), st.sampled_from([0.05, 0.3, 1.0])),
+)
+
+FLAGS = ["--interrupt-timeout", "0.3", "--sigint-timeout", "1", "--kill-timeout", "0.3"]
+#: A cancel must end within the ladder's deadlines plus a generous respawn allowance.
+CANCEL_BOUND_MS = (0.3 + 1 + 0.3 + 5 + 10) * 1000
+
+
+class Session:
+    def __init__(self, wrapper: Wrapper) -> None:
+        self.wrapper = wrapper
+        self.sent = 0  # user turns sent (supersede_turn frames included)
+
+    def results(self) -> list[Frame]:
+        return [f for f in self.wrapper.frames if is_result(f)]
+
+    async def drain(self, seconds: float) -> None:
+        """Reads whatever comes within `seconds` (the pace of a real parent)."""
+        with trio.move_on_after(seconds):
+            while await self.wrapper.next_frame() is not None:
+                pass
+
+    async def step(self, kind: str, arg: object) -> None:
+        w = self.wrapper
+        if kind in ("send", "supersede"):
+            self.sent += 1
+            text = f"turn {self.sent} [[fake: {arg}]]" if arg else f"turn {self.sent}"
+            frame = user(text) if kind == "send" else {"type": "supersede_turn", "content": text}
+            await w.send(frame)
+        elif kind == "cancel":
+            await w.send({"type": "cancel_turn", "cancel_queued": arg})
+        elif kind == "sigint":
+            w.signal(signal.SIGINT)
+        await self.drain(arg if kind == "pause" and isinstance(arg, float) else 0.05)
+
+    async def finish(self) -> None:
+        """Cancels whatever is stuck until every turn has its result."""
+        for _ in range(3 * self.sent + 3):
+            if len(self.results()) >= self.sent:
+                break
+            await self.wrapper.send({"type": "cancel_turn"})
+            await self.drain(3.0)
+        assert len(self.results()) == self.sent, [f.get("type") for f in self.wrapper.frames]
+
+
+def strays(wrapper: Wrapper, token: str) -> list[psutil.Process]:
+    """Processes of the test other than the wrapper, its helper and the CLI."""
+    mine = psutil.Process(wrapper.process.pid)
+    keep = {mine.pid}
+    for helper in mine.children():
+        keep.add(helper.pid)
+        keep.update(child.pid for child in helper.children()[:1])
+    found = []
+    for proc in processes_with_token(token):
+        try:
+            if proc.pid not in keep and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(steps, min_size=1, max_size=8))
+async def test_random_sessions_keep_every_promise(
+    fake_claude: Path, home: Path, process_audit: str, script: list[tuple[str, object]]
+) -> None:
+    wrapper = await Wrapper.start(supervisor_argv(fake_claude, *FLAGS))
+    session = Session(wrapper)
+    try:
+        # Start as an SDK does, so the wrapper is up before the first SIGINT (Python's
+        # own start-up, before any of the wrapper's code runs, cannot ignore it).
+        initialize = {"subtype": "initialize", "hooks": None}
+        await wrapper.send({"type": "control_request", "request_id": "i", "request": initialize})
+        await wrapper.expect(lambda f: f.get("type") == "control_response")
+        for kind, arg in script:
+            await session.step(kind, arg)
+        await session.finish()
+        results = session.results()
+        texts = [r["fake_history"][-1] for r in results if "fake_history" in r]
+        assert not any("\n" in t for t in texts), "turns were merged"
+        assert len(texts) == len(set(texts)), "a turn ran twice"
+        for frame in wrapper.frames:
+            if frame.get("subtype") == "supervisor_cancel" and frame["report"]:
+                assert frame["report"]["total_ms"] < CANCEL_BOUND_MS, frame
+        await session.drain(0.2)
+        assert strays(wrapper, process_audit) == []
+        await wrapper.close_stdin()
+        await wrapper.read_to_end(30)
+        assert await wrapper.wait() == 0
+        assert len(session.results()) == session.sent
+    finally:
+        await wrapper.kill()
