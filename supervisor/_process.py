@@ -201,8 +201,11 @@ class CliProcess:
                 self._stderr_tail += chunk
                 del self._stderr_tail[:-STDERR_TAIL_BYTES]
                 if self._stderr_fd >= 0:
-                    with contextlib.suppress(OSError):
-                        os.write(self._stderr_fd, chunk)
+                    # In a thread: a parent that never reads our stderr must stall only
+                    # this copy (and then the CLI, as it would without us), not the loop.
+                    await trio.to_thread.run_sync(
+                        _write_all, self._stderr_fd, bytes(chunk), abandon_on_cancel=True
+                    )
 
     async def _write_loop(self) -> None:
         assert self._helper is not None and self._helper.stdin is not None
@@ -216,3 +219,9 @@ class CliProcess:
                     await stdin.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return  # the CLI is gone; the machine knows what was not answered
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        while data:
+            data = data[os.write(fd, data) :]
