@@ -347,23 +347,7 @@ class SessionMachine:
             case CliSpawned():
                 pass
             case SpawnFailed(message):
-                self._alive = False
-                if self._respawning:
-                    self._fail(
-                        "respawn_failed",
-                        f"cannot restart the Claude Code CLI to resume session "
-                        f"{self.session_id}: {message}; reinstall it or point the supervisor "
-                        "at it (--claude / CLAUDE_SUPERVISOR_CLAUDE)",
-                        now,
-                        out,
-                    )
-                else:
-                    self._fail(
-                        "cli_not_started",
-                        f"{message}; check the CLI's path (--claude / CLAUDE_SUPERVISOR_CLAUDE)",
-                        now,
-                        out,
-                    )
+                self._on_spawn_failed(message, now, out)
             case CliExited():
                 self._on_exit(event, now, out)
             case TurnProcessesKilled(count):
@@ -371,19 +355,29 @@ class SessionMachine:
             case DeadlinePassed():
                 self._on_deadline(now, out)
             case BadLine(source, error):
-                code = error.code if source == "user" else f"cli_{error.code}"
-                who = "your input" if source == "user" else "the Claude Code CLI's output"
-                details = {"preview": error.preview} if error.preview else {}
-                out.append(
-                    Deliver(
-                        protocol.supervisor_error(
-                            code, f"a line of {who} was dropped: {error.message}", **details
-                        ),
-                        self.running_turn,
-                    )
-                )
+                self._on_bad_line(source, error, out)
         self._pump(now, out)
         return out
+
+    def _on_bad_line(self, source: str, error: FramingError, out: list[Action]) -> None:
+        code = error.code if source == "user" else f"cli_{error.code}"
+        who = "your input" if source == "user" else "the Claude Code CLI's output"
+        details = {"preview": error.preview} if error.preview else {}
+        message = f"a line of {who} was dropped: {error.message}"
+        out.append(Deliver(protocol.supervisor_error(code, message, **details), self.running_turn))
+
+    def _on_spawn_failed(self, message: str, now: float, out: list[Action]) -> None:
+        self._alive = False
+        where = "--claude / CLAUDE_SUPERVISOR_CLAUDE"
+        if self._respawning:
+            code = "respawn_failed"
+            message = (
+                f"cannot restart the Claude Code CLI to resume session {self.session_id}: "
+                f"{message}; reinstall it or point the supervisor at it ({where})"
+            )
+        else:
+            code, message = "cli_not_started", f"{message}; check the CLI's path ({where})"
+        self._fail(code, message, now, out)
 
     # ------------------------------------------------------------- user input
 
@@ -475,28 +469,18 @@ class SessionMachine:
             self._user_requests[request_id] = frame
         out.append(WriteToCli(frame))
 
-    def _enqueue(self, frame: Frame, out: list[Action], *, front: bool) -> int:
+    def _enqueue(self, frame: Frame, out: list[Action], *, front: bool) -> None:
         turn = _Turn(self.next_turn_id, frame)
         self.next_turn_id += 1
         if self._failed is not None:
-            out.append(Deliver(self._failed_result(), turn.id))
+            out.append(Deliver(self._result("supervisor_failed", self._failed), turn.id))
         elif self._closing is not None:
-            out.append(
-                Deliver(
-                    protocol.synthesized_result(
-                        session_id=self.session_id,
-                        duration_ms=0,
-                        terminal_reason="cancelled",
-                        message="the session is closing: no new turn can start",
-                    ),
-                    turn.id,
-                )
-            )
+            closing = "the session is closing: no new turn can start"
+            out.append(Deliver(self._result("cancelled", closing), turn.id))
         elif front:
             self._queue.appendleft(turn)
         else:
             self._queue.append(turn)
-        return turn.id
 
     # ---------------------------------------------------------------- cancels
 
@@ -683,7 +667,7 @@ class SessionMachine:
         if isinstance(request_id, str) and request_id in self._awaiting:
             self._awaiting.discard(request_id)
             if not self._awaiting:
-                self._became_ready(now, out)
+                self._respawning = False  # ready: _pump ends the respawn
             return True
         if isinstance(request_id, str) and request_id.startswith(protocol.OWN_ID_PREFIX):
             return True
@@ -692,9 +676,6 @@ class SessionMachine:
             return True  # already answered by the supervisor
         self._user_requests.pop(request_id, None)
         return False
-
-    def _became_ready(self, now: float, out: list[Action]) -> None:
-        self._respawning = False
 
     def _on_exit(self, event: CliExited, now: float, out: list[Action]) -> None:
         self._alive = False
@@ -766,13 +747,8 @@ class SessionMachine:
                 "this turn; the supervisor restarts it with --resume: send the turn again"
                 + _stderr_hint(event.stderr_tail)
             )
-        result = protocol.synthesized_result(
-            session_id=self.session_id,
-            duration_ms=_ms(now - (turn.started or now)),
-            terminal_reason=reason,
-            message=message,
-        )
-        out.append(Deliver(result, turn.id))
+        duration = _ms(now - (turn.started or now))
+        out.append(Deliver(self._result(reason, message, duration), turn.id))
 
     def _fail_to_start(self, event: CliExited, now: float, out: list[Action]) -> None:
         if self._respawning:
@@ -848,17 +824,7 @@ class SessionMachine:
     def _drop_queued(self, why: str, out: list[Action], reason: str = "cancelled") -> None:
         for item in [item for item in self._queue if isinstance(item, _Turn)]:
             self._queue.remove(item)
-            out.append(
-                Deliver(
-                    protocol.synthesized_result(
-                        session_id=self.session_id,
-                        duration_ms=0,
-                        terminal_reason=reason,
-                        message=why,
-                    ),
-                    item.id,
-                )
-            )
+            out.append(Deliver(self._result(reason, why), item.id))
 
     # --------------------------------------------------------------- failure
 
@@ -869,7 +835,7 @@ class SessionMachine:
         self._failed = message
         self._error(out, code, message)
         if self._running is not None:
-            out.append(Deliver(self._failed_result(), self._running.id))
+            out.append(Deliver(self._result("supervisor_failed", message), self._running.id))
             self._running = None
         self._drop_queued(message, out, "supervisor_failed")
         for held in self._queue:  # control frames held for the CLI: they get an answer too
@@ -891,12 +857,13 @@ class SessionMachine:
         else:
             self._finish(1, out)
 
-    def _failed_result(self) -> Frame:
+    def _result(self, reason: str, message: str, duration_ms: float = 0) -> Frame:
+        """A result written by the supervisor, for a turn whose own never came."""
         return protocol.synthesized_result(
             session_id=self.session_id,
-            duration_ms=0,
-            terminal_reason="supervisor_failed",
-            message=self._failed or "the session failed",
+            duration_ms=duration_ms,
+            terminal_reason=reason,
+            message=message,
         )
 
     def _finish(self, exit_code: int, out: list[Action]) -> None:
