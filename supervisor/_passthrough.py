@@ -18,42 +18,55 @@ import trio
 
 from . import _tree as tree
 from ._config import WrapperConfig
+from ._relay import watch_parent
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 async def run_passthrough(config: WrapperConfig, claude: str, claude_args: Sequence[str]) -> int:
-    tree.set_parent_death_signal(signal.SIGTERM)
     # On a terminal the CLI must stay in the foreground process group to read it; the
     # terminal then signals it directly, so terminal signals must not be forwarded twice.
     on_terminal = os.isatty(0)
     status_read, status_write = os.pipe()
+    lifeline_read, lifeline_write = os.pipe()  # see supervisor/_tree.py
     command = tree.helper_command(
-        [claude, *claude_args], status_fd=status_write, kill_timeout=config.policy.kill_timeout
+        [claude, *claude_args],
+        status_fd=status_write,
+        lifeline_fd=lifeline_read,
+        kill_timeout=config.policy.kill_timeout,
     )
     with trio.open_signal_receiver(*FORWARDED) as signals:
         try:
             helper = await trio.lowlevel.open_process(
-                command, pass_fds=(status_write,), process_group=None if on_terminal else 0
+                command,
+                pass_fds=(status_write, lifeline_read),
+                process_group=None if on_terminal else 0,
             )
         finally:
             os.close(status_write)
+            os.close(lifeline_read)
         reports: list[dict[str, object]] = []
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_read_status, status_read, reports)
 
-            async def forward() -> None:
-                async for signum in signals:
-                    if on_terminal and signum in (signal.SIGINT, signal.SIGQUIT):
-                        continue
-                    pid = next((r["pid"] for r in reports if r.get("event") == "spawned"), None)
-                    if isinstance(pid, int):
-                        with contextlib.suppress(psutil.Error):
-                            psutil.Process(pid).send_signal(signum)
+        def send(signum: int) -> None:
+            pid = next((r["pid"] for r in reports if r.get("event") == "spawned"), None)
+            if isinstance(pid, int):
+                with contextlib.suppress(psutil.Error):
+                    psutil.Process(pid).send_signal(signum)
 
-            nursery.start_soon(forward)
-            await helper.wait()
-            nursery.cancel_scope.cancel()
+        async def forward() -> None:
+            async for signum in signals:
+                if not (on_terminal and signum in (signal.SIGINT, signal.SIGQUIT)):
+                    send(signum)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_read_status, status_read, reports)
+                nursery.start_soon(forward)
+                nursery.start_soon(watch_parent, lambda: send(signal.SIGTERM))
+                await helper.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            os.close(lifeline_write)
     for report in reports:
         if report.get("event") == "spawn_failed":
             raise FileNotFoundError(str(report.get("error")))

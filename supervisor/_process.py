@@ -46,7 +46,7 @@ class CliProcess:
         self._kill_timeout = kill_timeout
         self._max_line_bytes = max_line_bytes
         self._emit = emit
-        self._stderr_fd = sys.stderr.fileno() if stderr is None else stderr
+        self._stderr_fd = _stderr_fd() if stderr is None else stderr
         self._helper: trio.Process | None = None
         self._cli: psutil.Process | None = None
         self._before_turn: frozenset[tree.Identity] = frozenset()
@@ -102,9 +102,15 @@ class CliProcess:
     async def run(self) -> None:
         """Spawns the helper and the CLI, relays until both are gone, then emits CliExited."""
         status_read, status_write = os.pipe()
+        # The helper's lifeline: we hold the write end (never written) until the helper
+        # has exited; if this process dies, the helper sees end-of-file and kills the tree.
+        lifeline_read, lifeline_write = os.pipe()
         try:
             command = tree.helper_command(
-                self._args, status_fd=status_write, kill_timeout=self._kill_timeout
+                self._args,
+                status_fd=status_write,
+                lifeline_fd=lifeline_read,
+                kill_timeout=self._kill_timeout,
             )
             try:
                 self._helper = await trio.lowlevel.open_process(
@@ -115,14 +121,16 @@ class CliProcess:
                     cwd=self._cwd,
                     env=self._env,
                     start_new_session=True,  # the CLI gets its own process group
-                    pass_fds=(status_write,),
+                    pass_fds=(status_write, lifeline_read),
                 )
             except OSError as exc:
                 os.close(status_read)
+                os.close(lifeline_write)
                 self._emit(SpawnFailed(f"cannot start the supervisor's helper: {exc}"))
                 return
         finally:
             os.close(status_write)
+            os.close(lifeline_read)
         helper = self._helper
         try:
             async with trio.open_nursery() as nursery:
@@ -136,6 +144,8 @@ class CliProcess:
         finally:
             with trio.CancelScope(shield=True):
                 await self._reap(helper)
+            os.close(lifeline_write)
+            self._cli = None
         if self._exit_report.get("event") == "spawn_failed":
             self._emit(SpawnFailed(str(self._exit_report.get("error"))))
             return
@@ -225,3 +235,11 @@ def _write_all(fd: int, data: bytes) -> None:
     with contextlib.suppress(OSError):
         while data:
             data = data[os.write(fd, data) :]
+
+
+def _stderr_fd() -> int:
+    """Our stderr's descriptor, or -1 when the host has none (an IDE, a notebook)."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return -1

@@ -15,12 +15,11 @@ import math
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import trio
 
 from . import _machine as m
-from . import _tree as tree
 from ._config import WrapperConfig
 from ._driver import Driver
 from ._framing import Frame, FramingError, LineSplitter, decode_line
@@ -44,12 +43,12 @@ class Relay:
         self._stopped_by: int | None = None
 
     async def run(self) -> int:
-        tree.set_parent_death_signal(signal.SIGTERM)  # our parent's death stops us too
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 writer_done = trio.Event()
                 nursery.start_soon(self._write_stdout, writer_done)
                 nursery.start_soon(self._watch_signals, signals)
+                nursery.start_soon(watch_parent, lambda: self._stop(signal.SIGTERM))
                 await nursery.start(self.driver.run)
                 nursery.start_soon(self._read_stdin)
                 await self.driver.finished.wait()
@@ -127,6 +126,24 @@ class Relay:
                 # The SIGINT contract: cancel the running turn; while idle, nothing.
                 if self.machine.running_turn is not None:
                     self.driver.dispatch(m.Cancel())
-            elif self._stopped_by is None:
-                self._stopped_by = signum
-                self.driver.dispatch(m.EndOfInput(drain=False))
+            else:
+                self._stop(signum)
+
+    def _stop(self, signum: int) -> None:
+        """SIGTERM, SIGHUP, or the parent's death: stop the CLI gracefully, then exit."""
+        if self._stopped_by is None:
+            self._stopped_by = signum
+            self.driver.dispatch(m.EndOfInput(drain=False))
+
+
+async def watch_parent(on_gone: Callable[[], None], interval: float = 0.5) -> None:
+    """Calls `on_gone` once the process that started us has died.
+
+    The parent's death shows as a new parent pid (we are re-parented). Linux's
+    parent-death signal cannot be used: it follows the thread that started us, and a
+    parent may well start us from a short-lived thread.
+    """
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await trio.sleep(interval)
+    on_gone()

@@ -15,9 +15,14 @@ The helper hands its stdin/stdout/stderr to the CLI and keeps none of them, so t
 supervisor talks to the CLI directly. It reports on a status pipe (one JSON object a
 line): `{"event": "spawned", "pid": N}`, then `{"event": "exited", "returncode": R,
 "killed": K}` once the CLI has exited *and* the rest of its tree has been killed, or
-`{"event": "spawn_failed", "error": "..."}`. It dies with the supervisor (parent-death
-signal SIGTERM) and then kills the tree first, so not even a SIGKILLed supervisor leaves
-tools behind. SIGTERM to the helper does the same on purpose.
+`{"event": "spawn_failed", "error": "..."}`.
+
+It dies with the supervisor, and kills the tree first, so not even a SIGKILLed
+supervisor leaves tools behind. The tie is a *lifeline* pipe: the supervisor holds its
+write end and never writes; end-of-file on the read end means the supervisor process is
+gone. Linux's parent-death signal would be simpler but follows the parent *thread*, and
+trio starts processes from worker threads that exit when idle: it would kill every CLI
+about ten seconds after its start. SIGTERM to the helper kills the tree on purpose.
 
 Safety: a process is signalled only as a `psutil.Process` obtained by walking the tree;
 psutil checks the process's creation time before each signal, so a pid reused by an
@@ -40,6 +45,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 
@@ -170,15 +176,17 @@ def turn_processes(
 # ------------------------------------------------------------------------ the helper
 
 
-def helper_command(cli: Sequence[str], *, status_fd: int, kill_timeout: float) -> list[str]:
+def helper_command(
+    cli: Sequence[str], *, status_fd: int, lifeline_fd: int, kill_timeout: float
+) -> list[str]:
     """The command line that runs `cli` under a helper (see the module docstring)."""
     return [
         sys.executable,
         "-I",  # isolated: no user site, no PYTHON* variables, no cwd on sys.path
         os.path.abspath(__file__),
         str(status_fd),
+        str(lifeline_fd),
         str(kill_timeout),
-        str(os.getpid()),
         "--",
         *cli,
     ]
@@ -193,14 +201,25 @@ def _raise_stop(signum: int, frame: object) -> None:
 
 
 def _child_setup() -> None:
-    """In the CLI, between fork and exec: plain signal handling, die with the helper."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    """In the CLI, between fork and exec: plain signal handling, die with the helper.
+
+    The helper forks from its only thread, so the parent-death signal is sound here.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_DFL)
     set_parent_death_signal(signal.SIGKILL)
 
 
+def _watch_lifeline(fd: int) -> None:
+    """Blocks until the supervisor is gone (EOF), then stops the helper like SIGTERM."""
+    with contextlib.suppress(OSError):
+        while os.read(fd, 4096):
+            pass
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def helper_main(argv: Sequence[str]) -> int:
-    status_fd, kill_timeout, parent = int(argv[0]), float(argv[1]), int(argv[2])
+    status_fd, lifeline_fd, kill_timeout = int(argv[0]), int(argv[1]), float(argv[2])
     cli = list(argv[4:])
     status = os.fdopen(status_fd, "w", buffering=1)
 
@@ -210,11 +229,9 @@ def helper_main(argv: Sequence[str]) -> int:
 
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGHUP, _raise_stop)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # terminal signals are for the CLI
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
     become_subreaper()
-    set_parent_death_signal(signal.SIGTERM)
-    if os.getppid() != parent:  # the supervisor died before the line above
-        return 1
     env = {**os.environ, "CLAUDE_SUPERVISOR_HELPER_PID": str(os.getpid())}
     try:
         child = subprocess.Popen(cli, preexec_fn=_child_setup, close_fds=True, env=env)
@@ -222,6 +239,8 @@ def helper_main(argv: Sequence[str]) -> int:
         report(event="spawn_failed", error=f"cannot run {cli[0]!r}: {exc.strerror or exc}")
         return 127
     report(event="spawned", pid=child.pid)
+    # Started after the fork above (no thread may run while forking with preexec_fn).
+    threading.Thread(target=_watch_lifeline, args=(lifeline_fd,), daemon=True).start()
     # The CLI has the pipes now; holding them would hide its end-of-output.
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)

@@ -258,3 +258,16 @@ async def test_a_full_disk_for_the_transcript(fake_claude: Path, tiny_home: Path
         assert (await turn.result())["is_error"] is True
         with pytest.raises(supervisor.SessionFailedError, match="No conversation found"):
             await session.send("more")
+
+
+async def test_a_session_outlives_the_thread_that_spawned_its_cli(
+    fake_claude: Path, home: Path
+) -> None:
+    """trio starts processes from worker threads, which exit after 10 s idle; Linux's
+    parent-death signal follows the *thread*, so it must not be what ties the CLI's
+    life to the supervisor's."""
+    async with open_session(ARGS, claude=fake_claude, policy=FAST) as session:
+        first = session.cli_pid
+        turn = await session.send("[[fake: tool=14]]")
+        assert (await turn.result())["subtype"] == "success"
+        assert session.cli_pid == first  # no respawn: the CLI was never killed
