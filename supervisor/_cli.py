@@ -93,6 +93,8 @@ def _run(invocation: Invocation) -> int:
             2,
         )
     claude = invocation.config.claude or find_real_claude()
+    if claude is not None and os.sep not in claude:
+        claude = shutil.which(claude)  # a bare name is looked up on PATH, as a shell would
     if claude is None:
         return _error(
             "cannot find the Claude Code CLI: no `claude` on PATH other than this wrapper; "

@@ -409,8 +409,8 @@ class SessionMachine:
                 self._error(
                     out,
                     "invalid_control_request",
-                    'a control_request needs a "request_id" (a string) to be answered; '
-                    "it was not sent to the CLI",
+                    'a control_request needs a "request_id" (a string or an integer) '
+                    "to be answered; it was not sent to the CLI",
                 )
                 return
             self._on_user_control_request(frame, now, out)
@@ -425,7 +425,11 @@ class SessionMachine:
         request_id = frame.data.get("request_id")
         cancel_queued = frame.data.get("cancel_queued", False)
         if not isinstance(request_id, str | int | None) or isinstance(request_id, bool):
-            self._error(out, "invalid_cancel_turn", 'cancel_turn "request_id" must be a string')
+            self._error(
+                out,
+                "invalid_cancel_turn",
+                'cancel_turn "request_id" must be a string or an integer',
+            )
             return
         if not isinstance(cancel_queued, bool):
             self._error(out, "invalid_cancel_turn", 'cancel_turn "cancel_queued" must be a boolean')
@@ -598,7 +602,7 @@ class SessionMachine:
         if esc.purpose is not Purpose.CANCEL:
             return
         self._step_on(esc, "ready", now)
-        self._answer_user_interrupts(out)
+        self._answer_pending(out)
         report = CancelReport(
             path=esc.path,
             total_ms=_ms(now - esc.started),
@@ -612,18 +616,25 @@ class SessionMachine:
             Deliver(protocol.supervisor_cancel(report, self.session_id, esc.request_ids), None)
         )
 
-    def _answer_user_interrupts(self, out: list[Action]) -> None:
-        """The turn has ended: every interrupt of the user not yet answered gets its answer.
+    def _answer_pending(self, out: list[Action], failure: str | None = None) -> None:
+        """The user's control requests still open get their answer from the supervisor.
 
-        An SDK waits for it (the official one for 60 s) even when the turn ended another
-        way: by escalation, or by finishing. Should the CLI answer later, that answer is
-        dropped (see `_answered`): one answer per request.
+        With no `failure`, only interrupts: their turn has ended (by escalation, or by
+        finishing), so they succeeded, and an SDK waits for the answer (the official one
+        for 60 s). With a `failure` (the CLI died, the session failed), every request:
+        interrupts succeed, the others get an error saying what to do. Should the CLI
+        answer one of them later, that answer is dropped: one answer per request.
         """
         for request_id, frame in list(self._user_requests.items()):
             if _is_interrupt(frame):
-                del self._user_requests[request_id]
-                self._answered.add(request_id)
-                out.append(Deliver(protocol.control_success(request_id), self.running_turn))
+                answer = protocol.control_success(request_id)
+            elif failure is not None:
+                answer = protocol.control_error(request_id, failure)
+            else:
+                continue
+            del self._user_requests[request_id]
+            self._answered.add(request_id)
+            out.append(Deliver(answer, self.running_turn))
 
     # --------------------------------------------------------------- from CLI
 
@@ -644,6 +655,16 @@ class SessionMachine:
                 self._send_interrupt(esc.pending_interrupt, now, out)
                 esc.pending_interrupt = None
         turn = self._running
+        if kind == "result" and turn is None:
+            # Not relayed as a result: a parent counts one result per turn. (The real CLI
+            # writes one when a --resume fails, before it exits.)
+            self._error(
+                out,
+                "cli_unexpected_result",
+                "the Claude Code CLI wrote a result while no turn was running",
+                frame=frame.data,
+            )
+            return
         out.append(Deliver(frame, turn.id if turn else None))
         if kind == "result" and turn is not None:
             self._running = None
@@ -681,25 +702,23 @@ class SessionMachine:
         self._alive = False
         self._initialized = False
         self._awaiting.clear()
-        esc = self._escalation
-        purpose = self._purpose
+        self._answered.clear()  # that CLI will answer nothing more
+        esc, purpose = self._escalation, self._purpose
         if esc is not None:
             esc.killed += event.processes_killed
             self._step("tree_killed" if esc.rung is Rung.KILL else "exited", now)
-        self._answered.clear()  # that CLI will answer nothing more
-        self._answer_user_requests_on_exit(out)
+        never_started = self._respawning or (not self._proven and purpose is None)
+        if self._failed is None and purpose is not Purpose.CLOSE and never_started:
+            self._fail_to_start(event, now, out)
+            return
         if self._running is not None:
             self._end_running_turn(event, purpose, now, out)
-        # The turn has ended: an interrupt the CLI never answered has done its job.
-        self._answer_user_interrupts(out)
+        self._answer_pending(out, self._why_unanswered(purpose))
         if self._failed is not None:
             self._finish(1, out)
             return
         if purpose is Purpose.CLOSE:
             self._finish(_exit_code(event.returncode), out)
-            return
-        if self._respawning or (not self._proven and purpose is None):
-            self._fail_to_start(event, now, out)
             return
         if esc is None:
             self._error(
@@ -714,20 +733,15 @@ class SessionMachine:
         esc.rung = Rung.RESPAWN
         out.extend(self._spawn(resume_args(self.args, self.session_id), now, respawn=True))
 
-    def _answer_user_requests_on_exit(self, out: list[Action]) -> None:
-        """The user's control requests die with the CLI: say so, so no caller waits forever.
-
-        Interrupts are the exception: the turn ended, so they are answered with success.
-        """
-        for request_id, frame in list(self._user_requests.items()):
-            if _is_interrupt(frame):
-                continue
-            del self._user_requests[request_id]
-            message = (
-                "the Claude Code CLI exited before answering; "
-                "the supervisor restarts it: send the request again"
-            )
-            out.append(Deliver(protocol.control_error(request_id, message), self.running_turn))
+    def _why_unanswered(self, purpose: Purpose | None) -> str:
+        if self._failed is not None:
+            return self._failed
+        if purpose is Purpose.CLOSE:
+            return "the Claude Code CLI exited before answering: the session was closed"
+        return (
+            "the Claude Code CLI exited before answering; the supervisor restarts it "
+            "(a session-level request is sent to it again; send any other request again)"
+        )
 
     def _end_running_turn(
         self, event: CliExited, purpose: Purpose | None, now: float, out: list[Action]
@@ -849,9 +863,11 @@ class SessionMachine:
                 out.append(Deliver(answer, None))
         self._queue.clear()
         esc, self._escalation = self._escalation, None
-        self._answer_user_interrupts(out)
+        self._answer_pending(out, message)
         if esc is not None and esc.purpose is Purpose.CANCEL:
             out.append(CancelDone(None))
+            notice = protocol.supervisor_cancel(None, self.session_id, esc.request_ids)
+            out.append(Deliver(notice, None))
         if self._alive:
             out.append(KillTree())
         else:
@@ -874,8 +890,9 @@ class SessionMachine:
 
     # ---------------------------------------------------------------- helpers
 
-    def _error(self, out: list[Action], code: str, message: str) -> None:
-        out.append(Deliver(protocol.supervisor_error(code, message), self.running_turn))
+    def _error(self, out: list[Action], code: str, message: str, **details: Any) -> None:
+        error = protocol.supervisor_error(code, message, **details)
+        out.append(Deliver(error, self.running_turn))
 
     def _own_id(self, what: str) -> str:
         return f"{protocol.OWN_ID_PREFIX}{what}-{next(self._ids)}"

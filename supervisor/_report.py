@@ -23,8 +23,8 @@ class CancelReport:
     """The timeline of one cancel, from the request to a session ready for the next turn.
 
     Step names, in the order they can happen: ``interrupt_sent``, ``interrupt_answered``,
-    ``result``, ``sigint_sent``, ``exited``, ``tree_killed``, ``turn_processes_killed``,
-    ``respawned``, ``ready``.
+    ``result``, ``sigint_sent``, ``exited``, ``kill_sent``, ``tree_killed``,
+    ``turn_processes_killed``, ``respawned``, ``ready``.
     """
 
     path: CancelPath

@@ -221,6 +221,8 @@ async def open_session(
     unchanged, except that a respawn resumes the session. Raises `SessionFailedError`
     if the CLI cannot be started.
     """
+    if max_line_bytes < 1:
+        raise ValueError(f"max_line_bytes must be a positive number of bytes, not {max_line_bytes}")
     session = Session(
         claude_args,
         claude=find_claude(claude),

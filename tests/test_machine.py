@@ -223,6 +223,46 @@ def test_cli_that_exits_at_start_says_so() -> None:
     assert "unknown option" in error["error"]["message"]
 
 
+def test_a_turn_whose_cli_never_started_says_so() -> None:
+    h = Harness()
+    h.user(user("first"))
+    actions = h.feed(m.CliExited(1, stderr_tail="error: unknown option"))
+    [(synth, turn)] = [(d, t) for d, t in h.delivered(actions) if d.get("type") == "result"]
+    assert turn == 1 and synth["terminal_reason"] == "supervisor_failed"
+    assert "unknown option" in synth["result"] and "restarts" not in synth["result"]
+    assert m.Finished(1) in actions
+
+
+def test_a_cancel_ended_by_a_failed_resume_still_gets_its_notice() -> None:
+    h = Harness()
+    running(h)
+    h.user(frame(type="cancel_turn", request_id="c1"))
+    h.expire()
+    h.feed(m.CliExited(0))
+    actions = h.feed(m.CliExited(1, stderr_tail="No conversation found"))
+    notices = [d for d, _ in h.delivered(actions) if d.get("subtype") == "supervisor_cancel"]
+    assert notices == [
+        {
+            "type": "system",
+            "subtype": "supervisor_cancel",
+            "session_id": SID,
+            "report": None,
+            "request_ids": ["c1"],
+        }
+    ]
+
+
+def test_a_result_outside_any_turn_is_reported_not_relayed() -> None:
+    h = Harness()
+    running(h)
+    h.cli(result())
+    actions = h.cli(result(result="stray"))
+    [(error, turn)] = h.delivered(actions)
+    assert turn is None
+    assert error["error"]["code"] == "cli_unexpected_result"
+    assert error["error"]["frame"]["result"] == "stray"
+
+
 def test_supersede_runs_before_the_queue() -> None:
     h = Harness()
     running(h, "first")

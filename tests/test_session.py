@@ -263,6 +263,12 @@ async def test_cancel_from_another_task_while_frames_stream(session: Session) ->
     assert reports[0] is not None and (await turn.result())["is_error"]
 
 
+async def test_a_nonsense_line_cap_is_refused_at_once(fake_claude: Path) -> None:
+    with pytest.raises(ValueError, match="max_line_bytes"):
+        async with open_session(ARGS, claude=fake_claude, max_line_bytes=0):
+            pass
+
+
 async def test_send_after_close_is_refused(fake_claude: Path, home: Path) -> None:
     async with open_session(ARGS, claude=fake_claude, policy=FAST) as s:
         pass
