@@ -14,6 +14,9 @@ import signal
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 import os  # noqa: E402
+
+#: Who started us, read before the slow imports: if it dies meanwhile, we still notice.
+STARTED_BY = os.getppid()
 import shutil  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
@@ -94,7 +97,10 @@ def _run(invocation: Invocation) -> int:
         )
     claude = invocation.config.claude or find_real_claude()
     if claude is not None and os.sep not in claude:
-        claude = shutil.which(claude)  # a bare name is looked up on PATH, as a shell would
+        named = claude
+        claude = shutil.which(named)  # a bare name is looked up on PATH, as a shell would
+        if claude is None:
+            return _error(f"--claude {named}: no such executable on PATH; give its path", 127)
     if claude is None:
         return _error(
             "cannot find the Claude Code CLI: no `claude` on PATH other than this wrapper; "
@@ -107,10 +113,13 @@ def _run(invocation: Invocation) -> int:
     if wants_stream_json_input(invocation.claude_args):
         from ._relay import Relay
 
-        return trio.run(Relay(invocation.config, claude, invocation.claude_args).run)
+        relay = Relay(invocation.config, claude, invocation.claude_args, STARTED_BY)
+        return trio.run(relay.run)
     from ._passthrough import run_passthrough
 
     try:
-        return trio.run(run_passthrough, invocation.config, claude, invocation.claude_args)
+        return trio.run(
+            run_passthrough, invocation.config, claude, invocation.claude_args, STARTED_BY
+        )
     except FileNotFoundError as exc:
         return _error(str(exc), 127)

@@ -25,17 +25,9 @@ from ._errors import SupervisorError
 from ._policy import EscalationPolicy
 from ._report import CancelReport
 from ._session import Session, Turn, open_session
+from .testing import STREAM_JSON_ARGS
 
-CLAUDE_ARGS = [
-    "-p",
-    "--input-format",
-    "stream-json",
-    "--output-format",
-    "stream-json",
-    "--verbose",
-    "--allowedTools",
-    "Bash",
-]
+CLAUDE_ARGS = list(STREAM_JSON_ARGS)
 LONG_TOOL = 'python3 -c "import time; time.sleep(120)"'
 
 

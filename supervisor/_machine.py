@@ -368,7 +368,7 @@ class SessionMachine:
 
     def _on_spawn_failed(self, message: str, now: float, out: list[Action]) -> None:
         self._alive = False
-        where = "--claude / CLAUDE_SUPERVISOR_CLAUDE"
+        where = "claude= in the library, --claude or CLAUDE_SUPERVISOR_CLAUDE in the executable"
         if self._respawning:
             code = "respawn_failed"
             message = (

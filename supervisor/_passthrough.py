@@ -23,7 +23,9 @@ from ._relay import watch_parent
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
-async def run_passthrough(config: WrapperConfig, claude: str, claude_args: Sequence[str]) -> int:
+async def run_passthrough(
+    config: WrapperConfig, claude: str, claude_args: Sequence[str], parent: int
+) -> int:
     # On a terminal the CLI must stay in the foreground process group to read it; the
     # terminal then signals it directly, so terminal signals must not be forwarded twice.
     on_terminal = os.isatty(0)
@@ -62,7 +64,9 @@ async def run_passthrough(config: WrapperConfig, claude: str, claude_args: Seque
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_read_status, status_read, reports)
                 nursery.start_soon(forward)
-                nursery.start_soon(watch_parent, lambda: send(signal.SIGTERM))
+                # The parent is gone: SIGTERM to the helper ends the CLI and its tree
+                # (it works even before the CLI's pid is known).
+                nursery.start_soon(watch_parent, parent, lambda: helper.send_signal(signal.SIGTERM))
                 await helper.wait()
                 nursery.cancel_scope.cancel()
         finally:

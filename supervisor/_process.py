@@ -186,6 +186,7 @@ class CliProcess:
             self._emit(CliSpawned())
         else:
             self._exit_report = status
+            self._cli = None  # gone: never signal that pid again
 
     async def _read_stdout(self) -> None:
         assert self._helper is not None and self._helper.stdout is not None

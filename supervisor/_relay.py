@@ -27,8 +27,11 @@ from ._report import CancelReport
 
 
 class Relay:
-    def __init__(self, config: WrapperConfig, claude: str, claude_args: Sequence[str]) -> None:
+    def __init__(
+        self, config: WrapperConfig, claude: str, claude_args: Sequence[str], parent: int
+    ) -> None:
         self._config = config
+        self._parent = parent
         self.machine = m.SessionMachine(claude_args, config.policy)
         self.driver = Driver(
             self.machine,
@@ -48,7 +51,7 @@ class Relay:
                 writer_done = trio.Event()
                 nursery.start_soon(self._write_stdout, writer_done)
                 nursery.start_soon(self._watch_signals, signals)
-                nursery.start_soon(watch_parent, lambda: self._stop(signal.SIGTERM))
+                nursery.start_soon(watch_parent, self._parent, lambda: self._stop(signal.SIGTERM))
                 await nursery.start(self.driver.run)
                 nursery.start_soon(self._read_stdin)
                 await self.driver.finished.wait()
@@ -136,14 +139,14 @@ class Relay:
             self.driver.dispatch(m.EndOfInput(drain=False))
 
 
-async def watch_parent(on_gone: Callable[[], None], interval: float = 0.5) -> None:
-    """Calls `on_gone` once the process that started us has died.
+async def watch_parent(parent: int, on_gone: Callable[[], None], interval: float = 0.5) -> None:
+    """Calls `on_gone` once `parent`, the process that started us, has died.
 
     The parent's death shows as a new parent pid (we are re-parented). Linux's
     parent-death signal cannot be used: it follows the thread that started us, and a
-    parent may well start us from a short-lived thread.
+    parent may well start us from a short-lived thread. `parent` is read as the
+    executable starts, so a parent that dies while we import is noticed too.
     """
-    parent = os.getppid()
     while os.getppid() == parent:
         await trio.sleep(interval)
     on_gone()

@@ -9,7 +9,7 @@ subreaper". Being a subreaper is process-wide, though, and a library must not ma
 host program adopt unrelated orphans. So each session runs a tiny helper, this file run
 as a script, that is the subreaper and the CLI's parent:
 
-    supervisor ── helper (subreaper, parent-death signal) ── claude ── tool shells ...
+    supervisor ── helper (subreaper, lifeline) ── claude ── tool shells ...
 
 The helper hands its stdin/stdout/stderr to the CLI and keeps none of them, so the
 supervisor talks to the CLI directly. It reports on a status pipe (one JSON object a
@@ -29,8 +29,8 @@ psutil checks the process's creation time before each signal, so a pid reused by
 unrelated process is never signalled.
 
 Elsewhere than Linux there is no subreaper and no parent-death signal: the helper still
-runs and kills the CLI's descendants, but escaped grandchildren can be missed and a
-SIGKILLed supervisor leaves the tree running (see docs/architecture.md).
+runs, dies with the supervisor (the lifeline is a plain pipe) and kills the CLI's
+descendants, but escaped grandchildren can be missed (see docs/architecture.md).
 
 This file imports only the standard library and psutil, so that running it as a script
 (not as part of the package, whose import would load trio) starts fast.

@@ -13,7 +13,7 @@ import os
 import stat
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import psutil
@@ -44,6 +44,18 @@ def _alive(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def stray_processes(token: str, keep: Iterable[int | None]) -> list[psutil.Process]:
+    """Live processes carrying the test's token, other than those in `keep`."""
+    kept = set(keep)
+    return [p for p in processes_with_token(token) if p.pid not in kept and _alive(p)]
+
+
+def cli_of(helper: psutil.Process) -> psutil.Process:
+    """The CLI under a supervisor's helper: its first child (the helper, a subreaper,
+    also adopts orphans such as a tool's escaped grandchild)."""
+    return min(helper.children(), key=lambda child: child.create_time())
 
 
 @pytest.fixture(autouse=True)

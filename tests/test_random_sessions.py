@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 import trio
-from conftest import processes_with_token
+from conftest import cli_of, stray_processes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wrapper_harness import Frame, Wrapper, is_result, supervisor_argv, user
@@ -96,16 +96,8 @@ def strays(wrapper: Wrapper, token: str) -> list[psutil.Process]:
     mine = psutil.Process(wrapper.process.pid)
     keep = {mine.pid}
     for helper in mine.children():
-        keep.add(helper.pid)
-        keep.update(child.pid for child in helper.children()[:1])
-    found = []
-    for proc in processes_with_token(token):
-        try:
-            if proc.pid not in keep and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
+        keep.update((helper.pid, cli_of(helper).pid))
+    return stray_processes(token, keep)
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))

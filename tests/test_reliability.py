@@ -184,8 +184,8 @@ async def test_a_sigkilled_library_host_takes_its_sessions_with_it(
 async def test_when_the_wrappers_parent_dies_everything_stops(
     fake_claude: Path, home: Path, process_audit: str
 ) -> None:
-    """The wrapper's stdin stays open (the test holds it), so only the parent-death
-    signal can tell the wrapper that its parent is gone."""
+    """The wrapper's stdin stays open (the test holds it), so only its watch on its
+    parent pid can tell the wrapper that its parent is gone."""
     argv = [sys.executable, "-m", "supervisor", *supervisor_argv(fake_claude)]
     parent = await trio.lowlevel.open_process(
         [sys.executable, "-c",

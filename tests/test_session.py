@@ -10,7 +10,7 @@ from typing import Any
 import psutil
 import pytest
 import trio
-from conftest import processes_with_token
+from conftest import stray_processes
 from wrapper_harness import is_tool_use
 
 import supervisor
@@ -27,18 +27,11 @@ async def session(fake_claude: Path, home: Path) -> AsyncIterator[Session]:
         yield s
 
 
-def stray_processes(session: Session, token: str) -> list[psutil.Process]:
+def strays(session: Session, token: str) -> list[psutil.Process]:
     """Processes of this test other than the CLI and its helper: what tools left behind."""
     process = session._driver.process
-    keep = {session.cli_pid, process._helper.pid if process and process._helper else None}
-    return [p for p in processes_with_token(token) if p.pid not in keep and _alive(p)]
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+    helper = process._helper if process is not None else None
+    return stray_processes(token, {session.cli_pid, helper.pid if helper else None})
 
 
 async def tool_running(turn: Turn) -> list[dict[str, Any]]:
@@ -75,7 +68,7 @@ async def test_cancel_answered_in_band(session: Session, process_audit: str) -> 
     assert report.processes_killed >= 1  # the escapee: the CLI does not kill it itself
     assert [s.name for s in report.steps][:3] == ["interrupt_sent", "interrupt_answered", "result"]
     assert (await turn.result())["terminal_reason"] == "aborted_tools"
-    assert stray_processes(session, process_audit) == []
+    assert strays(session, process_audit) == []
     assert (await (await session.send("next")).result())["subtype"] == "success"
 
 
@@ -90,7 +83,7 @@ async def test_sigint_when_the_interrupt_is_ignored(session: Session, process_au
     assert steps[-2:] == ["respawned", "ready"]
     result = await turn.result()
     assert result["is_error"] is True
-    assert stray_processes(session, process_audit) == []
+    assert strays(session, process_audit) == []
     after = await (await session.send("after")).result()
     assert after["session_id"] == report.session_id == session.session_id
     assert after["fake_history"][0] == "first"  # the resumed CLI has the earlier turns
@@ -117,7 +110,7 @@ async def test_wedged_cli_is_killed_with_its_whole_tree(
     result = await turn.result()
     assert result["terminal_reason"] == "cancelled"
     assert result["supervisor"] == {"synthesized": True}
-    assert stray_processes(session, process_audit) == []
+    assert strays(session, process_audit) == []
     assert (await (await session.send("still there?")).result())["subtype"] == "success"
 
 

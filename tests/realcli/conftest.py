@@ -13,19 +13,11 @@ from pathlib import Path
 import pytest
 import trio
 
+from supervisor.testing import STREAM_JSON_ARGS
 from supervisor.testing.claude_install import ensure_claude
 from supervisor.testing.fake_api import FakeMessagesAPI
 
-ARGS = [
-    "-p",
-    "--input-format",
-    "stream-json",
-    "--output-format",
-    "stream-json",
-    "--verbose",
-    "--allowedTools",
-    "Bash",
-]
+ARGS = list(STREAM_JSON_ARGS)
 
 
 def long_tool(marker: Path, *, escapee: bool = False, seconds: int = 300) -> str:

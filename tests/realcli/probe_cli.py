@@ -34,6 +34,7 @@ from typing import Any
 
 import psutil
 
+from supervisor.testing import STREAM_JSON_ARGS
 from supervisor.testing.claude_install import ensure_claude
 from supervisor.testing.fake_api import FakeMessagesAPI, last_user_message, typed_user_texts
 
@@ -87,14 +88,7 @@ class CLI:
         self._own_dirs = [d for d, given in ((self.home, home), (self.cwd, cwd)) if given is None]
         args = [
             str(exe),
-            "-p",
-            "--input-format",
-            "stream-json",
-            "--output-format",
-            "stream-json",
-            "--verbose",
-            "--allowedTools",
-            "Bash",
+            *STREAM_JSON_ARGS,
             *(extra_args or []),
         ]
         self.t0 = time.monotonic()

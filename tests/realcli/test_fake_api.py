@@ -34,6 +34,7 @@ from typing import Any
 import psutil
 import pytest
 
+from supervisor.testing import STREAM_JSON_ARGS
 from supervisor.testing.claude_install import ensure_claude
 from supervisor.testing.fake_api import FakeMessagesAPI, typed_user_texts
 
@@ -48,14 +49,7 @@ class StreamJsonCLI:
         self.proc = subprocess.Popen(
             [
                 str(exe),
-                "-p",
-                "--input-format",
-                "stream-json",
-                "--output-format",
-                "stream-json",
-                "--verbose",
-                "--allowedTools",
-                "Bash",
+                *STREAM_JSON_ARGS,
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import cli_of
 from wrapper_harness import FAST_FLAGS, Wrapper, is_result, is_system, is_tool_use, user
 
 from supervisor.testing.fake_api import FakeMessagesAPI, typed_user_texts
@@ -33,10 +34,8 @@ async def wrapper(
 
 
 def the_cli(wrapper: Wrapper) -> psutil.Process:
-    """The CLI under the wrapper: its helper's first child (the helper, a subreaper, also
-    adopts orphans such as a tool's escaped grandchild)."""
     [helper] = psutil.Process(wrapper.process.pid).children()
-    return min(helper.children(), key=lambda child: child.create_time())
+    return cli_of(helper)
 
 
 async def test_cancel_turn_in_band(wrapper: Wrapper, workdir: Path) -> None:

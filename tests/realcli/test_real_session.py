@@ -6,10 +6,9 @@ import os
 import signal
 from pathlib import Path
 
-import psutil
 import pytest
 import trio
-from conftest import processes_with_token
+from test_session import strays
 
 from supervisor import EscalationPolicy, Session, Turn, open_session
 from supervisor.testing.fake_api import FakeMessagesAPI, typed_user_texts
@@ -19,21 +18,6 @@ from .conftest import ARGS, long_tool, wait_for_file
 pytestmark = pytest.mark.real_cli
 
 POLICY = EscalationPolicy(interrupt_timeout=2, sigint_timeout=4, kill_timeout=1)
-
-
-def strays(session: Session, token: str) -> list[psutil.Process]:
-    """Live processes of this test other than the CLI and its helper."""
-    process = session._driver.process
-    helper = process._helper.pid if process is not None and process._helper else None
-    keep = {session.cli_pid, helper}
-    alive = []
-    for proc in processes_with_token(token):
-        try:
-            if proc.pid not in keep and proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
-        except psutil.Error:
-            continue
-    return alive
 
 
 async def start_tool(session: Session, marker: Path, **kwargs: bool) -> Turn:

@@ -23,6 +23,7 @@ from claude_agent_sdk import (
     ResultMessage,
     query,
 )
+from conftest import cli_of
 
 from .conftest import long_tool, wait_for_file
 
@@ -49,8 +50,7 @@ def stop_the_cli() -> None:
     this test → the wrapper → its helper → the helper's first child)."""
     [wrapper] = [p for p in psutil.Process().children() if str(WRAPPER) in " ".join(p.cmdline())]
     [helper] = wrapper.children()
-    cli = min(helper.children(), key=lambda child: child.create_time())
-    cli.send_signal(signal.SIGSTOP)
+    cli_of(helper).send_signal(signal.SIGSTOP)
 
 
 async def response(client: Any) -> list[Any]:
