@@ -29,6 +29,8 @@ from .testing import STREAM_JSON_ARGS
 
 CLAUDE_ARGS = list(STREAM_JSON_ARGS)
 LONG_TOOL = 'python3 -c "import time; time.sleep(120)"'
+#: Asked of a real model; `supervisor.testing.fake_api` understands it too.
+LONG_TOOL_REQUEST = f"Use the Bash tool to run exactly this command: {LONG_TOOL}"
 
 
 def _say(text: str = "") -> None:
@@ -146,7 +148,7 @@ async def _script(session: Session, fake: bool) -> None:
             "then wedge. [[fake: tool=120, escapee, stubborn, wedge]]"
         )
     else:
-        tool = f"Use the Bash tool to run exactly this command: {LONG_TOOL}"
+        tool = LONG_TOOL_REQUEST
         wedged = tool
     _scene("1. a turn")
     await _turn(session, "Hello! Please answer in one short sentence.")
@@ -166,7 +168,7 @@ async def _real_sigint_scene(claude: str, work: Path, env: dict[str, str]) -> No
     _scene("3. cancel with an interrupt deadline (10 ms) shorter than the CLI's answer: SIGINT")
     policy = EscalationPolicy(interrupt_timeout=0.01)
     async with open_session(CLAUDE_ARGS, claude=claude, policy=policy, cwd=work, env=env) as s:
-        await _cancel_scene(s, f"Use the Bash tool to run exactly this command: {LONG_TOOL}")
+        await _cancel_scene(s, LONG_TOOL_REQUEST)
 
 
 def _fake_claude_shim(root: Path) -> Path:

@@ -362,3 +362,21 @@ async def test_demo_shows_every_rung(home: Path) -> None:
     assert result.returncode == 0, out
     for rung in ("ended by: interrupt", "ended by: sigint", "ended by: kill"):
         assert rung in out
+
+
+async def test_passthrough_forwards_signals_to_the_cli(tmp_path: Path) -> None:
+    script = tmp_path / "claude"
+    script.write_text(
+        "#!/bin/sh\ntrap 'echo got TERM; exit 5' TERM\necho ready\nwhile :; do sleep 0.05; done\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    w = await Wrapper.start(["--claude", str(script), "--", "-p", "hi"])
+    assert w.process.stdout is not None
+    with trio.fail_after(20):
+        seen = b""
+        while b"ready\n" not in seen:
+            seen += await w.process.stdout.receive_some()
+        w.signal(signal.SIGTERM)
+        while b"got TERM" not in seen:
+            seen += await w.process.stdout.receive_some()
+    assert await w.wait() == 5  # the CLI's own exit code, propagated

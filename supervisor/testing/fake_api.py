@@ -205,10 +205,20 @@ def is_main_request(body: Mapping[str, Any]) -> bool:
     return isinstance(tools, list) and len(tools) > 0
 
 
+#: A request in plain words that the fake answers with a Bash call, as a model would:
+#: the demo's prompts for a real CLI use it, so they also run offline against this fake.
+PLAIN_BASH_REQUEST = "Use the Bash tool to run exactly this command: "
+
+
 def parse_directive(text: str | None) -> tuple[str, str] | None:
-    """Return ``(name, argument)`` of the first ``[[api: name=arg]]`` in *text*, or None."""
+    """Return ``(name, argument)`` of the first ``[[api: name=arg]]`` in *text*, or None.
+
+    A text that starts with `PLAIN_BASH_REQUEST` counts as ``[[api: bash=<the rest>]]``.
+    """
     if not text:
         return None
+    if text.startswith(PLAIN_BASH_REQUEST):
+        return "bash", text[len(PLAIN_BASH_REQUEST) :].strip()
     match = DIRECTIVE_RE.search(text)
     if match is None:
         return None

@@ -117,3 +117,27 @@ async def test_stdin_eof_exits_with_the_clis_code(wrapper: Wrapper) -> None:
     frames = await wrapper.read_to_end(30)
     assert [f["result"] for f in frames if is_result(f)] == ["reply #1 to: only"]
     assert await wrapper.wait() == 0
+
+
+async def test_sigint_rung_through_the_wrapper(
+    claude_cli: Path, cli_env: dict[str, str], workdir: Path, api: FakeMessagesAPI
+) -> None:
+    """A 1 ms interrupt deadline: the CLI misses it, as a busy one would; SIGINT follows."""
+    argv = ["--claude", str(claude_cli), "--interrupt-timeout", "0.001", "--", *ARGS]
+    w = await Wrapper.start(argv, env=cli_env, cwd=workdir)
+    try:
+        await w.send(user("first"))
+        first = await w.expect(is_result)
+        await w.send(user(long_tool(workdir / "started")))
+        await wait_for_file(workdir / "started")
+        await w.send({"type": "cancel_turn"})
+        assert (await w.expect(is_result))["is_error"] is True
+        report = (await w.expect(is_system("supervisor_cancel")))["report"]
+        assert report["path"] == "sigint" and report["respawned"] is True
+        await w.send(user("after"))
+        after = await w.expect(is_result)
+        assert after["session_id"] == first["session_id"]
+        assert "first" in typed_user_texts(api.requests[-1])
+    finally:
+        await w.close_stdin()
+        await w.wait(30)

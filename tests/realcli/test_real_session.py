@@ -164,3 +164,26 @@ async def test_close_during_a_tool_call_leaves_nothing(
         turn = await start_tool(session, workdir / "started", escapee=True)
     assert (await turn.result())["is_error"] is True
     # The audit fixture fails the test if the tool or its escapee survived.
+
+
+async def test_a_tool_that_ignores_sigterm_and_sigint_is_killed(
+    claude_cli: Path, cli_env: dict[str, str], workdir: Path, process_audit: str
+) -> None:
+    """The CLI SIGTERMs its tool on interrupt and would SIGKILL it 1.5 s later; the
+    supervisor does not wait for that: the cancel ends with the tool gone."""
+    marker = workdir / "started"
+    stubborn = (
+        "python3 -c 'import signal, time, pathlib; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "signal.signal(signal.SIGINT, signal.SIG_IGN); "
+        f'pathlib.Path("{marker}").touch(); time.sleep(300)\''
+    )
+    async with open_session(
+        ARGS, claude=claude_cli, env=cli_env, cwd=workdir, policy=POLICY
+    ) as session:
+        turn = await session.send(f"[[api: bash={stubborn}]]")
+        await wait_for_file(marker)
+        report = await session.cancel()
+        assert report is not None and report.path == "interrupt"
+        assert (await turn.result())["terminal_reason"] == "aborted_tools"
+        assert strays(session, process_audit) == []

@@ -1,0 +1,28 @@
+"""`claude-supervisor demo --claude PATH` against the real CLI (offline, the fake API)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+pytestmark = pytest.mark.real_cli
+
+
+async def test_the_demo_runs_every_rung_on_the_real_cli(
+    claude_cli: Path, cli_env: dict[str, str], workdir: Path
+) -> None:
+    with trio.fail_after(120):
+        done = await trio.run_process(
+            [sys.executable, "-m", "supervisor", "demo", "--claude", str(claude_cli)],
+            env=cli_env,
+            cwd=workdir,
+            capture_stdout=True,
+            check=False,
+        )
+    out = done.stdout.decode()
+    assert done.returncode == 0, out
+    for rung in ("ended by: interrupt", "ended by: sigint", "ended by: kill"):
+        assert rung in out, out
