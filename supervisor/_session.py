@@ -89,6 +89,7 @@ class Session:
         #: The report of the latest cancel (supersede's included), None before any.
         self.last_report: CancelReport | None = None
         self._closed = False
+        self._failure: str | None = None  # why the session cannot go on, once it cannot
         self._driver = Driver(
             self._machine,
             claude,
@@ -162,8 +163,6 @@ class Session:
             raise SessionFailedError(self._failure)
         if self._closed or self._machine.finished:
             raise SessionClosedError("the session is closed; open a new one")
-
-    _failure: str | None = None
 
     def _deliver(self, frame: Frame, turn_id: int | None) -> None:
         if frame.type == "system" and frame.subtype == "supervisor_error":
