@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import trio
 
 from . import _machine as m
+from . import _protocol as protocol
 from ._config import WrapperConfig
 from ._driver import Driver
 from ._framing import Frame, FramingError, LineSplitter, decode_line
@@ -78,20 +79,11 @@ class Relay:
             with path.open("a", encoding="utf-8") as file:
                 file.write(json.dumps(line) + "\n")
         except OSError as exc:
-            self._deliver(
-                Frame.from_data(
-                    {
-                        "type": "system",
-                        "subtype": "supervisor_error",
-                        "error": {
-                            "code": "report_file_failed",
-                            "message": f"cannot append to the report file {path}: {exc}; "
-                            "check --report-file / CLAUDE_SUPERVISOR_REPORT_FILE",
-                        },
-                    }
-                ),
-                None,
+            message = (
+                f"cannot append to the report file {path}: {exc}; "
+                "check --report-file / CLAUDE_SUPERVISOR_REPORT_FILE"
             )
+            self._deliver(protocol.supervisor_error("report_file_failed", message), None)
 
     async def _read_stdin(self) -> None:
         splitter = LineSplitter(self._config.max_line_bytes)

@@ -380,3 +380,23 @@ async def test_passthrough_forwards_signals_to_the_cli(tmp_path: Path) -> None:
         while b"got TERM" not in seen:
             seen += await w.process.stdout.receive_some()
     assert await w.wait() == 5  # the CLI's own exit code, propagated
+
+
+async def test_an_unwritable_report_file_is_an_error_not_a_failure(
+    fake_claude: Path, home: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-dir" / "reports.jsonl"
+    w = await Wrapper.start(supervisor_argv(fake_claude, "--report-file", str(missing)))
+    try:
+        await w.send(user("[[fake: tool=60]]"))
+        await w.expect(is_tool_use)
+        await w.send({"type": "cancel_turn"})
+        error = await w.expect(is_system("supervisor_error"))
+        assert error["error"]["code"] == "report_file_failed"
+        assert str(missing) in error["error"]["message"]
+        await w.expect(is_system("supervisor_cancel"))
+        await w.send(user("goes on"))
+        assert (await w.expect(is_result))["fake_history"][-1] == "goes on"
+    finally:
+        await w.close_stdin()
+        await w.wait()
