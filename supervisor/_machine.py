@@ -207,8 +207,10 @@ Action = (
 # ---------------------------------------------------------------------------- state
 
 #: What a respawned CLI is asked when the user sent no session-level control request to
-#: replay: any answer (this subtype gets an error answer) proves it reads its input.
-PROBE_SUBTYPE = "supervisor_ping"
+#: replay: its answer proves it reads its input. An interrupt while no turn runs is
+#: answered and does nothing, on every CLI version tried; 2.0.x ignores unknown
+#: subtypes without a word, so a made-up "ping" would never be answered there.
+PROBE_SUBTYPE = "interrupt"
 
 
 class Rung(enum.Enum):

@@ -108,11 +108,10 @@ class Harness:
             d["request_id"]
             for d in self.written(self.log)
             if d.get("type") == "control_request"
-            and str(d.get("request_id", "")).startswith("supervisor-")
-            and d["request"]["subtype"] != "interrupt"
+            and str(d.get("request_id", "")).startswith(("supervisor-probe", "supervisor-replay"))
         ]
         actions: list[m.Action] = []
         for request_id in ids:
-            actions += self.cli(response(request_id, "error"))
+            actions += self.cli(response(request_id))
         self.last = actions
         return actions

@@ -301,7 +301,7 @@ class World:
             if not cli.behaviour.ignore_interrupt:
                 self._end_turn(delay + 0.05, "error_during_execution", "aborted_tools")
             return
-        answer = "error" if subtype == "supervisor_ping" else "success"
+        answer = "success" if subtype in ("interrupt", "initialize", "set_model") else "error"
         self._emit(
             delay + 0.005,
             {

@@ -27,10 +27,12 @@ async def wrapper(
     try:
         yield w
     finally:
-        if w.process.returncode is None:
-            await w.close_stdin()
-            await w.wait(30)
-        await w.kill()
+        try:
+            if w.process.returncode is None:
+                await w.close_stdin()
+                await w.wait(30)
+        finally:
+            await w.kill()
 
 
 def the_cli(wrapper: Wrapper) -> psutil.Process:
