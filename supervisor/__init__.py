@@ -24,6 +24,19 @@ if TYPE_CHECKING:
     )
     from ._framing import DEFAULT_MAX_LINE_BYTES
     from ._policy import EscalationPolicy
+    from ._pool import (
+        ChatBusyError,
+        ChatEvicted,
+        ChatExport,
+        ChatFailed,
+        ChatStarted,
+        PoolEvent,
+        PoolStats,
+        QueueFullError,
+        SessionPool,
+        TranscriptLost,
+        claude_transcript_path,
+    )
     from ._report import CancelReport, Step
     from ._session import Session, Turn, find_claude, open_session
 
@@ -40,19 +53,41 @@ _WHERE = {
     "Turn": "._session",
     "find_claude": "._session",
     "open_session": "._session",
+    "ChatBusyError": "._pool",
+    "ChatEvicted": "._pool",
+    "ChatExport": "._pool",
+    "ChatFailed": "._pool",
+    "ChatStarted": "._pool",
+    "PoolEvent": "._pool",
+    "PoolStats": "._pool",
+    "QueueFullError": "._pool",
+    "SessionPool": "._pool",
+    "TranscriptLost": "._pool",
+    "claude_transcript_path": "._pool",
 }
 
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
     "CancelReport",
+    "ChatBusyError",
+    "ChatEvicted",
+    "ChatExport",
+    "ChatFailed",
+    "ChatStarted",
     "CliNotFoundError",
     "EscalationPolicy",
+    "PoolEvent",
+    "PoolStats",
+    "QueueFullError",
     "Session",
     "SessionClosedError",
     "SessionFailedError",
+    "SessionPool",
     "Step",
     "SupervisorError",
+    "TranscriptLost",
     "Turn",
+    "claude_transcript_path",
     "find_claude",
     "open_session",
 ]
