@@ -374,10 +374,22 @@ class SessionPool:
     ) -> None:
         with trio.CancelScope(shield=True):
             await self.aclose()
+        # Outside the shield: the nursery was opened outside it. Every chat's task has
+        # ended by now; what is left (a memory poll) may be cancelled.
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            assert self._nursery is not None
+            self._nursery.cancel_scope.cancel()
+            await stack.aclose()
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     async def aclose(self) -> None:
         """Close every CLI gracefully (stdin EOF, `exit_timeout`, then the ladder) and wait
-        until none is left. Turns still waiting in the pool get a `cancelled` result."""
+        until none is left; leaving the `async with` block does this, shielded. Turns still
+        waiting in the pool get a `cancelled` result; later calls raise
+        `SessionClosedError`."""
         if not self._closing:
             self._closing = True
             self._waiting.clear()
@@ -389,11 +401,6 @@ class SessionPool:
             if self._live == 0:
                 self._all_closed.set()
         await self._all_closed.wait()
-        if self._stack is not None:
-            stack, self._stack = self._stack, None
-            await stack.aclose()
-        if self._store is not None:
-            self._store.close()
 
     # -------------------------------------------------------------- the chats' calls
 
@@ -720,11 +727,11 @@ class SessionPool:
                     lost = await self._serve(chat, session, resume)
             except SessionFailedError as exc:
                 message = str(exc)
-                if resume:
-                    self._counts["failed_resumes"] += 1
                 if resume and _LOST_TRANSCRIPT in message:
                     lost = message
                 else:
+                    if resume:
+                        self._counts["failed_resumes"] += 1
                     self._chat_failed(chat, message)
                     return
             finally:
@@ -772,7 +779,7 @@ class SessionPool:
                 if lost is not None:
                     chat.pending.appendleft(inflight.pending)
                     return lost
-                check_lost = False
+                first_of_resume, check_lost = check_lost, False
                 chat.last_used = trio.current_time()
                 self._count_cancel(chat, session.last_report)
                 if session.session_id is not None and session.session_id != chat.session_id:
@@ -780,6 +787,8 @@ class SessionPool:
                     self._persist(chat)
                 result = await inflight.session_turn.result()
                 if result.get("terminal_reason") == "supervisor_failed":
+                    if first_of_resume:
+                        self._counts["failed_resumes"] += 1
                     self._chat_failed(chat, str(result.get("result")), deliver=False)
                     return None
                 if not chat.superseding and self._should_yield(chat):
@@ -850,6 +859,7 @@ class SessionPool:
         chat.started = False
         self._persist(chat)
         self._counts["lost_transcripts"] += 1
+        self._counts["failed_resumes"] += 1
         log.warning(
             "supervisor: pool: chat %r: session %s could not be resumed (its transcript is "
             "gone); it goes on in the new session %s",
