@@ -643,9 +643,11 @@ class SessionPool:
             return
 
     def _evict(self, chat: _Chat, reason: EvictionReason) -> None:
+        """Ask the chat's task to close its CLI; the slot it frees is counted as coming."""
         chat.evict_reason = reason
-        chat.counted_evicting = True
-        self._evicting += 1
+        if not chat.counted_evicting:
+            chat.counted_evicting = True
+            self._evicting += 1
         chat.wake.set()
 
     def _should_yield(self, chat: _Chat) -> bool:
@@ -753,9 +755,11 @@ class SessionPool:
         check_lost = resumed
         with trio.CancelScope() as chat.scope:
             while True:
+                # An eviction asked for while the chat was idle stands even if a turn
+                # came since: the chats waiting for a slot asked first.
+                if not chat.superseding and (chat.evict_reason is not None or self._closing):
+                    return None
                 if not chat.pending and not chat.superseding:
-                    if chat.evict_reason is not None or self._closing:
-                        return None
                     if not await self._wait_for_work(chat):
                         chat.evict_reason = "idle"
                         return None
@@ -792,9 +796,7 @@ class SessionPool:
                     self._chat_failed(chat, str(result.get("result")), deliver=False)
                     return None
                 if not chat.superseding and self._should_yield(chat):
-                    chat.evict_reason = "fair_share"
-                    chat.counted_evicting = True
-                    self._evicting += 1
+                    self._evict(chat, "fair_share")
                     return None
         return None  # the pool is closing
 

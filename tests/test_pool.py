@@ -184,9 +184,10 @@ async def test_a_full_queue_raises_and_drops_nothing(fake_claude: Path, home: Pa
 async def test_a_wedged_or_crashing_chat_never_delays_the_others(
     fake_claude: Path, home: Path, process_audit: str
 ) -> None:
-    async with open_pool(fake_claude, max_active=4) as pool:
+    async with open_pool(fake_claude, max_active=5) as pool:
         wedged = await pool.send("wedged", "[[fake: tool=60, wedge]]")
         await until_tool_runs(wedged)
+        stalled = await pool.send("stalled", "[[fake: stream=60]]")
         crashed = await pool.send("crashing", "[[fake: crash]]")
         # The wedged CLI stays wedged while the others run turn after turn.
         for i in range(3):
@@ -195,13 +196,16 @@ async def test_a_wedged_or_crashing_chat_never_delays_the_others(
                 assert (await answer(turn))["result"] == f"reply #{i + 1} to: turn {i}"
         assert (await answer(crashed))["terminal_reason"] == "cli_exited"
         assert (await answer(await pool.send("crashing", "again")))["subtype"] == "success"
-        assert not wedged.done
+        assert not wedged.done and not stalled.done
+        report = await pool.cancel("stalled")
+        assert report is not None and report.path == "interrupt"
+        assert (await answer(stalled))["terminal_reason"] == "aborted_streaming"
         report = await pool.cancel("wedged")
         assert report is not None and report.path == "kill" and report.respawned
         assert (await answer(wedged))["terminal_reason"] == "cancelled"
         after = await answer(await pool.send("wedged", "still there?"))
         assert after["subtype"] == "success"
-        assert pool.stats.cancels_by_path == {"kill": 1}
+        assert pool.stats.cancels_by_path == {"interrupt": 1, "kill": 1}
     assert stray_processes(process_audit, []) == []
 
 
