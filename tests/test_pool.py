@@ -18,6 +18,7 @@ import supervisor
 from supervisor import (
     ChatEvicted,
     ChatExport,
+    ChatFailed,
     ChatStarted,
     EscalationPolicy,
     PoolEvent,
@@ -370,3 +371,20 @@ async def test_arguments_that_choose_the_session_are_refused(fake_claude: Path) 
     async with SessionPool(ARGS, claude=fake_claude) as pool:
         with pytest.raises(ValueError, match="--session-id"):
             pool.configure("a", claude_args=[*ARGS, "--session-id=x"])
+
+
+async def test_a_cli_that_cannot_start_fails_the_turn_not_the_pool(
+    tmp_path: Path, home: Path
+) -> None:
+    broken = tmp_path / "broken-claude"
+    broken.write_text('#!/bin/sh\necho "boom: no such model" >&2\nexit 2\n')
+    broken.chmod(0o755)
+    recorder = Recorder()
+    async with open_pool(broken, recorder) as pool:
+        for text in ("first", "second"):
+            result = await answer(await pool.send("a", text))
+            assert result["is_error"] is True
+            assert result["terminal_reason"] == "supervisor_failed"
+            assert "boom: no such model" in result["result"]
+        failed = await recorder.wait_for(ChatFailed, key="a")
+        assert isinstance(failed, ChatFailed) and "boom" in failed.message
