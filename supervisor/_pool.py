@@ -265,11 +265,22 @@ def _absolute(path: str | os.PathLike[str]) -> str:
 
 
 def _is_lost(frame: dict[str, Any]) -> bool:
-    return (
-        frame.get("type") == "result"
-        and frame.get("terminal_reason") == "supervisor_failed"
-        and _LOST_TRANSCRIPT in str(frame.get("result"))
+    """Whether a resumed CLI's first result says its transcript is gone. The real CLI
+    (2.1.x) writes a result of its own with the message in `errors`; a CLI that exits
+    without one (the fake, older versions) leaves it in the supervisor's `result` text."""
+    if frame.get("type") != "result" or not frame.get("is_error"):
+        return False
+    errors = frame.get("errors")
+    texts = [str(frame.get("result")), *(errors if isinstance(errors, list) else [])]
+    return any(_LOST_TRANSCRIPT in str(text) for text in texts)
+
+
+def _lost_message(frame: dict[str, Any]) -> str:
+    errors = frame.get("errors")
+    found = (
+        [str(e) for e in errors if _LOST_TRANSCRIPT in str(e)] if isinstance(errors, list) else []
     )
+    return found[0] if found else str(frame.get("result"))
 
 
 def _is_supervisor_error(frame: dict[str, Any]) -> bool:
@@ -820,8 +831,8 @@ class SessionPool:
         async for frame in inflight.session_turn:
             if inflight.held is not None:
                 if _is_lost(frame):
-                    return str(frame.get("result"))
-                if _is_supervisor_error(frame) and frame.get("type") != "result":
+                    return _lost_message(frame)
+                if _is_supervisor_error(frame):
                     inflight.held.append(frame)
                     continue
                 held, inflight.held = inflight.held, None

@@ -15,6 +15,7 @@ from supervisor import (
     EscalationPolicy,
     PoolEvent,
     SessionPool,
+    TranscriptLost,
     Turn,
     claude_transcript_path,
 )
@@ -94,3 +95,29 @@ async def test_a_chat_moves_to_another_host_with_its_history(
         assert result["session_id"] == exported.session_id
         texts = typed_user_texts(api.requests[-1])
         assert texts == ["remember the word tangerine", "what was the word?"]
+
+
+async def test_a_lost_transcript_starts_a_new_session(
+    claude_cli: Path,
+    cli_env: dict[str, str],
+    workdir: Path,
+    api: FakeMessagesAPI,
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "chats.db"
+    async with SessionPool(ARGS, claude=claude_cli, env=cli_env, cwd=workdir, store=store) as pool:
+        await answer(await pool.send("a", "remember the word tangerine"))
+        old = pool.session_id("a")
+    assert old is not None
+    claude_transcript_path(Path(cli_env["HOME"]) / ".claude", str(workdir), old).unlink()
+    events: list[PoolEvent] = []
+    async with SessionPool(
+        ARGS, claude=claude_cli, env=cli_env, cwd=workdir, store=store, on_event=events.append
+    ) as pool:
+        result = await answer(await pool.send("a", "what was the word?"))
+        assert result["subtype"] == "success"
+        new = pool.session_id("a")
+        assert new != old and result["session_id"] == new
+        assert typed_user_texts(api.requests[-1]) == ["what was the word?"]
+        lost = [e for e in events if isinstance(e, TranscriptLost)]
+        assert [(e.old_session_id, e.new_session_id) for e in lost] == [(old, new)]
