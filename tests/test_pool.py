@@ -337,12 +337,21 @@ async def test_supersede_and_cancel_queued(fake_claude: Path, home: Path) -> Non
         assert report is not None
         assert (await answer(dropped))["terminal_reason"] == "cancelled"
         assert pool.stats.cancels_by_path == {"interrupt": 2}
+        # By trigger too, once reports say what asked for the cancel.
+        by_trigger, trigger = pool.stats.cancels_by_trigger, getattr(report, "trigger", None)
+        if trigger is None:
+            assert by_trigger == {}
+        else:
+            assert sum(by_trigger.values()) == 2 and by_trigger[str(trigger)] >= 1
         assert await pool.cancel("a") is None  # nothing runs
 
 
 async def test_a_chat_moves_to_another_host(fake_claude: Path, home: Path, tmp_path: Path) -> None:
     async with open_pool(fake_claude) as pool:
-        await answer(await pool.send("a", "remember the word tangerine"))
+        turn = await pool.send("a", "remember the word tangerine")
+        with pytest.raises(supervisor.ChatBusyError, match="'a'"):
+            await pool.export_chat("a")  # a turn is waiting: the transcript is not final
+        await answer(turn)
         exported = await pool.export_chat("a")
         assert pool.stats.live == 0  # closed first, so the transcript is complete
         await pool.forget("a")
