@@ -526,7 +526,7 @@ class SessionPool:
         with turns running or waiting raises `ChatBusyError`."""
         chat = await self._quiesce(key, "export")
         if not chat.started:
-            raise ChatBusyError(f"chat {key!r} has no history yet: there is nothing to export")
+            raise SupervisorError(f"chat {key!r} has no history yet: there is nothing to export")
         path = self._transcript_of(chat)
         try:
             transcript = await trio.Path(path).read_bytes()
@@ -569,15 +569,18 @@ class SessionPool:
         chat = self._chats.get(key)
         if chat is None:
             raise KeyError(key)
+        busy = ChatBusyError(
+            f"chat {key!r} has turns running or waiting: wait for their results first"
+        )
         if chat.pending or chat.inflight is not None:
-            raise ChatBusyError(
-                f"chat {key!r} has turns running or waiting: wait for their results first"
-            )
+            raise busy
         if chat.has_runner:
             if chat.evict_reason is None:
                 chat.evict_reason = reason
             chat.wake.set()
             await chat.done.wait()
+        if chat.pending or chat.has_runner:
+            raise busy  # a turn came while the CLI was closing
         return chat
 
     def _config_dir(self) -> Path:
