@@ -206,7 +206,7 @@ async def run(quick: bool, out: Path) -> None:
                     progress.say(
                         f"  N={size}: {per_session:.2f} MB per session (host +{growth / 1e6:.1f}"
                         f" MB, helpers {helpers_uss / 1e6:.1f} MB USS), idle CPU "
-                        f"{idle_cpu * 100:.1f}% of a core, one cancel "
+                        f"{idle_cpu * 100:.2f}% of a core, one cancel "
                         f"{point['single_cancel_ms']:.1f} ms, all at once "
                         f"{point['all_at_once_ms']:.1f} ms"
                     )
@@ -229,7 +229,7 @@ async def run(quick: bool, out: Path) -> None:
             value=f"{last['per_session_mb']:.2f} MB at N={largest}",
             note=f"host growth {last['host_growth_mb']:.1f} MB + helpers "
             f"{last['helpers_uss_mb']:.1f} MB USS at N={largest}; idle CPU "
-            f"{last['idle_cpu_percent']:.1f}% of a core",
+            f"{last['idle_cpu_percent']:.2f}% of a core",
         )
     )
     base = summary("one session at N=1", single_at[1])
