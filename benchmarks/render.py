@@ -117,9 +117,37 @@ def markdown(data: Json, plots: dict[str, str]) -> str:
                 f"{'n/a' if math.isnan(ratio) else f'{ratio:.2f}'} | {notes.strip()} |"
             )
         lines.append("")
+        lines += _extra(name, group.get("series", {}))
         if name in plots:
             lines += [f"![{GROUP_TITLES.get(name, name)}]({plots[name]})", ""]
     return "\n".join(lines)
+
+
+def _extra(name: str, series: Json) -> list[str]:
+    """Group-specific lines under the comparison table."""
+    if name == "relay" and "wrapper_memory_mb" in series:
+        memory = series["wrapper_memory_mb"]
+        return [
+            f"Wrapper memory: {memory['idle_rss']:.1f} MB resident when idle, "
+            f"{memory['peak_rss']:.1f} MB at its peak over all the bursts (VmHWM; the 1 MB "
+            "frames included).",
+            "",
+        ]
+    if name == "sessions" and series.get("points"):
+        lines = [
+            "| N | MB per session | host growth | helpers' USS | idle CPU (% of a core) "
+            "| one cancel | all at once: last ready | all at once: median session |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for p in series["points"]:
+            lines.append(
+                f"| {p['n']} | {p['per_session_mb']:.2f} | {p['host_growth_mb']:.1f} MB | "
+                f"{p['helpers_uss_mb']:.1f} MB | {p['idle_cpu_percent']:.2f} | "
+                f"{fmt(p['single_cancel_ms'], 'ms')} | {fmt(p['all_at_once_ms'], 'ms')} | "
+                f"{fmt(p['all_at_once_each_median_ms'], 'ms')} |"
+            )
+        return [*lines, ""]
+    return []
 
 
 # ---------------------------------------------------------------------------- plots
