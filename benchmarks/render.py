@@ -57,6 +57,15 @@ def markdown(data: Json, plots: dict[str, str]) -> str:
         f"Run: {'quick' if data.get('quick') else 'full'}, started {data.get('started')}, "
         f"took {data.get('duration_s', 0):.0f} s.",
         "",
+        *(
+            [
+                f"Groups re-run since: {', '.join(data['partial_rerun'])} (each group says when "
+                "it was measured).",
+                "",
+            ]
+            if data.get("partial_rerun")
+            else []
+        ),
         "## Machine",
         "",
         "| | |",
@@ -95,6 +104,12 @@ def markdown(data: Json, plots: dict[str, str]) -> str:
     for group in data.get("groups", []):
         name = group["group"]
         lines += [f"## {GROUP_TITLES.get(name, name)}", ""]
+        if group.get("started"):
+            lines += [
+                f"Measured {group['started']}, load average {_load(group.get('load_start'))} "
+                "at the start of the group.",
+                "",
+            ]
         if group.get("error"):
             lines += [f"Not measured: {group['error']}", ""]
             continue

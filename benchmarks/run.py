@@ -4,7 +4,8 @@
 
 A full run writes benchmarks/results/latest.json and docs/benchmarks.md with its plots
 in docs/benchmarks/; a quick run writes benchmarks/results/quick.json, quick.md and
-quick/ (git-ignored), so that the committed page always shows a full run. Each group
+quick/ (git-ignored), so that the committed page always shows a full run. With
+--only, the other groups' results of the previous run of the same kind are kept. Each group
 runs in its own process, so that one group's memory, subreaper status or leftovers
 cannot colour another's numbers.
 """
@@ -137,18 +138,29 @@ def main() -> None:
             print(f"\n=== benchmark group {index}/{len(chosen)}: {group} ===", file=sys.stderr,
                   flush=True)  # fmt: skip
             partial = Path(tmp) / f"{group}.json"
+            group_started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+            group_load = [round(x, 2) for x in os.getloadavg()]
             command = [sys.executable, "-m", f"benchmarks.{group}", "--out", str(partial)]
             if options.quick:
                 command.append("--quick")
             code = subprocess.run(command, cwd=ROOT).returncode
             if code != 0 or not partial.exists():
-                data["groups"].append({"group": group, "error": f"the run failed (exit {code})"})
-                continue
-            result = json.loads(partial.read_text())
-            result["about"] = ABOUT.get(group)
+                result = {"group": group, "error": f"the run failed (exit {code})"}
+            else:
+                result = json.loads(partial.read_text())
+                result["about"] = ABOUT.get(group)
+            result["started"] = group_started
+            result["load_start"] = group_load
             data["groups"].append(result)
     data["duration_s"] = time.monotonic() - started
     data["machine"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
+    if options.only and out.exists():
+        # Some groups re-run: keep the others' results from the previous run of this kind.
+        previous = json.loads(out.read_text())
+        fresh = {g["group"]: g for g in data["groups"]}
+        data["groups"] = [fresh.pop(g["group"], g) for g in previous.get("groups", [])]
+        data["groups"] += list(fresh.values())
+        data["partial_rerun"] = chosen
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1) + "\n")
     render(data, page, plots)

@@ -70,8 +70,15 @@ async def cancel_one(session: supervisor.Session) -> float:
     return elapsed
 
 
-async def cancel_all(sessions: list[supervisor.Session]) -> tuple[float, list[float]]:
-    """(ms until the last session is ready, each session's own ms)."""
+async def cancel_all(
+    sessions: list[supervisor.Session], paths: dict[str, int]
+) -> tuple[float, list[float]]:
+    """(ms until the last session is ready, each session's own ms).
+
+    The turns are all in a tool call, so each cancel starts in-band; under the load of N
+    simultaneous cancels a result may miss the interrupt deadline and the ladder climb.
+    That is what a user would get, so it is counted in `paths` (a finding), not refused.
+    """
     turns: list[supervisor.Turn] = []
 
     async def begin(session: supervisor.Session) -> None:
@@ -85,7 +92,8 @@ async def cancel_all(sessions: list[supervisor.Session]) -> tuple[float, list[fl
     async def cancel(session: supervisor.Session, start: int) -> None:
         report = await session.cancel()
         each.append(ms_since(start))
-        assert report is not None and report.path == "interrupt", report
+        assert report is not None, "a turn was running, yet nothing was cancelled"
+        paths[report.path] = paths.get(report.path, 0) + 1
 
     start = now_ns()
     async with trio.open_nursery() as nursery:
@@ -183,10 +191,11 @@ async def run(quick: bool, out: Path) -> None:
                             single.append(elapsed)
                     at_once: list[float] = []
                     each: list[float] = []
+                    paths: dict[str, int] = {}
                     steps = list(interleaved(["all"], alls))
                     for done, (_round, _name, warmup) in enumerate(steps, 1):
                         progress.trial(f"N={size} all {size} cancelled at once", done, len(steps))
-                        total, latencies = await cancel_all(sessions)
+                        total, latencies = await cancel_all(sessions, paths)
                         if not warmup:
                             at_once.append(total)
                             each.extend(latencies)
@@ -201,6 +210,7 @@ async def run(quick: bool, out: Path) -> None:
                         "single_cancel_ms": summary("single", single, keep=False)["median"],
                         "all_at_once_ms": summary("all", at_once, keep=False)["median"],
                         "all_at_once_each_median_ms": summary("each", each, keep=False)["median"],
+                        "all_at_once_paths": paths,
                     }
                     points.append(point)
                     progress.say(
@@ -208,7 +218,7 @@ async def run(quick: bool, out: Path) -> None:
                         f" MB, helpers {helpers_uss / 1e6:.1f} MB USS), idle CPU "
                         f"{idle_cpu * 100:.2f}% of a core, one cancel "
                         f"{point['single_cancel_ms']:.1f} ms, all at once "
-                        f"{point['all_at_once_ms']:.1f} ms"
+                        f"{point['all_at_once_ms']:.1f} ms (paths {paths})"
                     )
                 progress.say(f"closing {len(sessions)} sessions")
         finally:
@@ -244,6 +254,9 @@ async def run(quick: bool, out: Path) -> None:
             target="all 200 at once within 3x of a single session's",
             met=ratio <= 3 if largest == 200 else None,
             value=f"{ratio:.1f}x at N={largest}",
+            note=f"paths taken by the {largest} simultaneous cancels (all rounds): "
+            f"{last['all_at_once_paths']}; each starts in-band, any other path is the "
+            "interrupt deadline missed under load",
         )
     )
     comparisons.append(
