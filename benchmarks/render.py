@@ -81,12 +81,15 @@ def markdown(data: Json, plots: dict[str, str]) -> str:
         f"| Load average at end | {_load(machine.get('load_end'))} |",
         "",
     ]
-    if machine.get("loaded"):
+    loads = [machine["load_start"][0]] if machine.get("load_start") else []
+    loads += [g["load_start"][0] for g in data.get("groups", []) if g.get("load_start")]
+    cores = machine.get("cores") or 1
+    if loads and max(loads) > cores * 0.5:
         lines += [
-            f"**The machine was loaded during this run** (load average "
-            f"{machine['load_start'][0]:.1f} at start on {machine.get('cores')} cores, other "
-            "jobs running): the numbers are noisy, tails (p90, p99) most of all. Re-run on an "
-            "idle machine before drawing fine conclusions.",
+            f"**The machine was loaded during this run**: the 1-minute load average was up "
+            f"to {max(loads):.1f} at the start of a group, on {cores} cores shared with other "
+            "jobs (each group below says its own). The numbers are noisy, tails (p90, p99) most "
+            "of all: re-run on an idle machine before drawing fine conclusions.",
             "",
         ]
     lines += [
