@@ -74,7 +74,7 @@ class Driver:
 
         def matches(event: Event) -> bool:
             if kind == "result":
-                return event["event"] == "message" and event["message"]["type"] == "result"
+                return bool(event["event"] == "message" and event["message"]["type"] == "result")
             return bool(event["event"] == kind)
 
         wanted = self._taken.get(kind, 0) + 1
