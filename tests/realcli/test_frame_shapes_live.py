@@ -43,11 +43,11 @@ def test_the_live_cli_writes_the_recorded_shapes(
         "control_response_success": protocol.control_success("r"),
         "control_response_error": protocol.control_error("r", "m"),
     }
-    for name, frame in ours.items():
+    for name, mine in ours.items():
         assert (
             mismatches(
                 live[name],
-                frame.data,
+                mine.data,
                 omitted=protocol.SYNTHESIZED_RESULT_OMITS,
                 added=protocol.SYNTHESIZED_RESULT_ADDS,
                 nullable=NULLABLE,
