@@ -60,9 +60,10 @@ def control_success(request_id: Any, response: dict[str, Any] | None = None) -> 
     )
 
 
-def control_error(request_id: Any, message: str, error_code: str = "supervisor_failed") -> Frame:
+def control_error(request_id: Any, message: str, error_code: str = "cli_did_not_answer") -> Frame:
     """An error answer shaped like the CLI's own, which carries a machine-readable
-    `error_code` next to the human-readable `error`."""
+    `error_code` next to the human-readable `error`. The supervisor answers with an error
+    only for requests the CLI never answered (it exited, or the session failed)."""
     return Frame.from_data(
         {
             "type": "control_response",

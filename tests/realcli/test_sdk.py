@@ -21,6 +21,7 @@ from claude_agent_sdk import (
     ClaudeSDKClient,
     HookMatcher,
     ResultMessage,
+    SystemMessage,
     query,
 )
 from conftest import cli_of
@@ -81,7 +82,12 @@ async def test_interrupt_during_a_tool_call_ends_the_turn(
         result = (await response(client))[-1]
         assert isinstance(result, ResultMessage) and result.is_error
         await client.query("and now?")
-        after = (await response(client))[-1]
+        messages = await response(client)
+        # The cancel's report comes after the cancelled turn's result: first of the next read.
+        notice = messages[0]
+        assert isinstance(notice, SystemMessage) and notice.subtype == "supervisor_cancel"
+        assert notice.data["report"]["path"] == "interrupt"
+        after = messages[-1]
         assert isinstance(after, ResultMessage) and after.result == "reply #2 to: and now?"
 
 

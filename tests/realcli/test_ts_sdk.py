@@ -143,6 +143,12 @@ async def test_interrupt_during_a_tool_call_ends_the_turn(wrapped: Driver, workd
     assert result["is_error"] and result["terminal_reason"] == "aborted_tools"
     await wrapped.do("query", text="and now?")
     assert (await wrapped.result())["result"] == "reply #2 to: and now?"
+    # The cancel's report comes after the cancelled turn's result: the first message the
+    # program reads after it.
+    messages = [e["message"] for e in wrapped.node.frames if e["event"] == "message"]
+    after = messages[messages.index(result) + 1]
+    assert (after["type"], after["subtype"]) == ("system", "supervisor_cancel")
+    assert after["report"]["path"] == "interrupt"
     await wrapped.finish()
 
 
