@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -61,3 +62,34 @@ async def test_every_wrong_claude_is_refused_with_what_to_do(
 async def test_a_bare_name_not_on_path_says_what_to_do() -> None:
     code, _, err = await run("--claude", "no-such-claude-here", "--", "-p", "hi")
     assert code == 127 and "give its path, or install the CLI" in err
+
+
+async def test_the_demo_explains_what_it_shows(home: Path) -> None:
+    with trio.fail_after(120):
+        done = await trio.run_process(
+            [sys.executable, "-m", "supervisor", "demo"],
+            capture_stdout=True,
+            stderr=subprocess.STDOUT,  # as a terminal shows both
+            check=False,
+        )
+    out = done.stdout.decode()
+    assert done.returncode == 0, out
+    lines = out.splitlines()
+    # Each section says first, in one line, what is about to happen and why.
+    headers = [i for i, line in enumerate(lines) if line.startswith("== ")]
+    assert len(headers) == 5, out
+    for i in headers:
+        assert lines[i + 1].startswith("   ") and len(lines[i + 1].split()) >= 8, lines[i + 1]
+    # The terms it prints are explained where they appear.
+    assert any("interrupt_answered" in x and "not the end of the turn" in x for x in lines)
+    assert any("aborted_tools: the CLI's own result" in x for x in lines), out
+    assert any("cancelled: written by the supervisor" in x for x in lines), out
+    assert any("killed: nothing was left to kill" in x for x in lines), out
+    assert any("killed: the wedged CLI" in x and "escaped" in x for x in lines), out
+    # The history survived the respawns: the CLI knows every earlier message.
+    history = next(x for x in lines if "the CLI knows the" in x)
+    assert "the 5 user messages" in history and "'Hello!" in history
+    # The fake CLI's own stderr is shown indented, never in the middle of a line or flush left.
+    session = lines[headers[0] :]
+    assert any(x.startswith("    (the CLI's stderr: fake_claude: wedging") for x in session)
+    assert all(x == "" or x.startswith(("== ", " ", "session ")) for x in session), out
