@@ -173,6 +173,8 @@ def _scene(title: str, why: str) -> None:
 
 
 async def run_demo(claude: str | None) -> int:
+    global _stderr_log
+    _stderr_log = None  # set by _fake_claude_shim when the fake runs
     with tempfile.TemporaryDirectory(prefix="claude-supervisor-demo-") as tmp:
         root = Path(tmp)
         work = root / "work"

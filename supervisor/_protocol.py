@@ -108,7 +108,8 @@ _NO_USAGE: dict[str, Any] = {
 
 #: Fields the CLI writes on its own error result that a synthesized one leaves out: the
 #: supervisor cannot know them, and the official TypeScript SDK's type marks each of them
-#: optional (or does not list it). tests/test_frame_shapes.py holds both to that.
+#: optional (or does not list it). tests/test_frame_shapes.py and
+#: tests/realcli/test_frame_shapes_live.py hold both to that.
 SYNTHESIZED_RESULT_OMITS = frozenset(
     {
         "fast_mode_disabled_reason",
