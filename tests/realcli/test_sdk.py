@@ -137,7 +137,7 @@ async def test_hooks_from_initialize_survive_a_respawn(
 
 
 async def test_close_during_a_stubborn_tool_leaves_nothing_bare_and_wrapped(
-    claude_cli: Path, cli_env: dict[str, str], workdir: Path
+    claude_cli: Path, cli_env: dict[str, str], workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     timings = {}
     bare = ClaudeAgentOptions(
@@ -160,9 +160,10 @@ async def test_close_during_a_stubborn_tool_leaves_nothing_bare_and_wrapped(
                 with trio.fail_after(60):
                     await client.disconnect()
         marker.unlink()
-    print(
-        "\nPython SDK disconnect() with a tool ignoring SIGTERM, until the whole tree is gone: "
-        + json.dumps({k: round(v, 2) for k, v in timings.items()})
-    )
+    with capsys.disabled():  # shown in every run's output, not only on failure
+        print(
+            "\nPython SDK disconnect() with a tool ignoring SIGTERM, until the whole tree is gone: "
+            + json.dumps({k: round(v, 2) for k, v in timings.items()})
+        )
     # The SDK ends stdin, sends SIGTERM 5 s later, SIGKILL 5 s after; generous bounds only.
     assert timings["wrapped"] < 30

@@ -187,7 +187,11 @@ async def close_mid_tool(driver: Driver, workdir: Path) -> tuple[float, bool]:
 
 
 async def test_close_during_a_stubborn_tool_leaves_nothing_bare_and_wrapped(
-    sdk_module: Path, claude_cli: Path, cli_env: dict[str, str], workdir: Path
+    sdk_module: Path,
+    claude_cli: Path,
+    cli_env: dict[str, str],
+    workdir: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     timings = {}
     for name, executable, env in (
@@ -201,9 +205,10 @@ async def test_close_during_a_stubborn_tool_leaves_nothing_bare_and_wrapped(
         finally:
             await driver.kill()
         (workdir / "stubborn").unlink()
-    print(
-        "\nTypeScript SDK close() with a tool ignoring SIGTERM, until the whole tree is gone: "
-        + json.dumps({k: round(v, 2) for k, v in timings.items()})
-    )
+    with capsys.disabled():  # shown in every run's output, not only on failure
+        print(
+            "\nTypeScript SDK close() with a tool ignoring SIGTERM, until the whole tree is gone: "
+            + json.dumps({k: round(v, 2) for k, v in timings.items()})
+        )
     # Both SDKs send SIGTERM after ending stdin, then SIGKILL later; generous bounds only.
     assert timings["wrapped"] < 30
