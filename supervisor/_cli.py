@@ -63,6 +63,54 @@ def find_real_claude(path_variable: str | None = None) -> str | None:
     return None
 
 
+#: Where an executable named `claude` sits inside the folders users point at by mistake:
+#: an npm prefix (`npm install --prefix DIR`), a global prefix, the package itself.
+_CLAUDE_INSIDE = ("node_modules/.bin/claude", "bin/claude", "claude", "cli.js")
+
+
+def claude_path_problem(claude: str) -> str | None:
+    """Why `claude` cannot be the CLI to run, said with what to do; None if it can.
+
+    Checked before anything starts: a folder passes the `X_OK` test (a directory is
+    searchable), and a wrong path found later would fail far from its cause.
+    """
+    how = "give the path of the `claude` executable with --claude or CLAUDE_SUPERVISOR_CLAUDE"
+    if os.path.isdir(claude):
+        inside = [
+            os.path.join(claude, name)
+            for name in _CLAUDE_INSIDE
+            if os.path.isfile(os.path.join(claude, name))
+            and os.access(os.path.join(claude, name), os.X_OK)
+        ]
+        hint = f" (did you mean {inside[0]}?)" if inside else ""
+        return f"the Claude Code CLI {claude!r} is a directory, not an executable file; {how}{hint}"
+    if not os.path.exists(claude):
+        return (
+            f"the Claude Code CLI {claude!r} does not exist; {how} "
+            "(`command -v claude` shows where it is installed)"
+        )
+    if not os.path.isfile(claude) or not os.access(claude, os.X_OK):
+        return (
+            f"the Claude Code CLI {claude!r} is not an executable file; make it executable "
+            f"(chmod +x) or {how}"
+        )
+    return None
+
+
+def _resolve_claude(named: str) -> tuple[str | None, str | None]:
+    """(path, problem): a bare name is looked up on PATH, as a shell would; then checked."""
+    claude = named
+    if os.sep not in named:
+        found = shutil.which(named)
+        if found is None:
+            return None, (
+                f"--claude {named}: no such executable on PATH; give its path, or install "
+                "the CLI (npm install -g @anthropic-ai/claude-code)"
+            )
+        claude = found
+    return claude, claude_path_problem(claude)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -81,6 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if invocation.mode == "demo":
         from ._demo import run_demo
 
+        if invocation.config.claude is not None:
+            _, problem = _resolve_claude(invocation.config.claude)
+            if problem is not None:
+                return _error(problem, 127)
+
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C ends the demo
 
         return trio.run(run_demo, invocation.config.claude)
@@ -96,11 +149,6 @@ def _run(invocation: Invocation) -> int:
             2,
         )
     claude = invocation.config.claude or find_real_claude()
-    if claude is not None and os.sep not in claude:
-        named = claude
-        claude = shutil.which(named)  # a bare name is looked up on PATH, as a shell would
-        if claude is None:
-            return _error(f"--claude {named}: no such executable on PATH; give its path", 127)
     if claude is None:
         return _error(
             "cannot find the Claude Code CLI: no `claude` on PATH other than this wrapper; "
@@ -108,8 +156,11 @@ def _run(invocation: Invocation) -> int:
             "CLAUDE_SUPERVISOR_CLAUDE",
             127,
         )
-    if not os.access(claude, os.X_OK):
-        return _error(f"the Claude Code CLI {claude!r} is not an executable file", 127)
+    resolved, problem = _resolve_claude(claude)
+    if problem is not None:
+        return _error(problem, 127)
+    assert resolved is not None
+    claude = resolved
     if wants_stream_json_input(invocation.claude_args):
         from ._relay import Relay
 

@@ -8,6 +8,8 @@ docs/protocol.md describes each of them; keep the two in step.
 
 from __future__ import annotations
 
+import copy
+import uuid
 from typing import Any
 
 from ._framing import Frame
@@ -40,23 +42,37 @@ def with_request_id(frame: Frame, request_id: str) -> Frame:
 
 
 def control_success(request_id: Any, response: dict[str, Any] | None = None) -> Frame:
+    """A success answer shaped like the CLI's own.
+
+    The supervisor answers only interrupts itself, so the default payload is the CLI's
+    interrupt receipt: `still_queued` lists the queued user messages the interrupt left
+    waiting, and the supervisor's own queue is not the CLI's, so none are listed.
+    """
     return Frame.from_data(
         {
             "type": "control_response",
             "response": {
                 "subtype": "success",
                 "request_id": request_id,
-                "response": response or {},
+                "response": {"still_queued": []} if response is None else response,
             },
         }
     )
 
 
-def control_error(request_id: Any, message: str) -> Frame:
+def control_error(request_id: Any, message: str, error_code: str = "cli_did_not_answer") -> Frame:
+    """An error answer shaped like the CLI's own, which carries a machine-readable
+    `error_code` next to the human-readable `error`. The supervisor answers with an error
+    only for requests the CLI never answered (it exited, or the session failed)."""
     return Frame.from_data(
         {
             "type": "control_response",
-            "response": {"subtype": "error", "request_id": request_id, "error": message},
+            "response": {
+                "subtype": "error",
+                "request_id": request_id,
+                "error": message,
+                "error_code": error_code,
+            },
         }
     )
 
@@ -73,13 +89,52 @@ def user_message(content: str | list[Any]) -> Frame:
     )
 
 
+#: `usage` of a result in which no model call was made, in the CLI's own shape (the
+#: official SDKs type it as non-nullable, so every counter is present).
+_NO_USAGE: dict[str, Any] = {
+    "cache_creation": {"ephemeral_1h_input_tokens": 0, "ephemeral_5m_input_tokens": 0},
+    "cache_creation_input_tokens": 0,
+    "cache_read_input_tokens": 0,
+    "fallback_credit": None,
+    "inference_geo": "",
+    "input_tokens": 0,
+    "iterations": [],
+    "output_tokens": 0,
+    "output_tokens_details": {"thinking_tokens": 0},
+    "server_tool_use": {"web_fetch_requests": 0, "web_search_requests": 0},
+    "service_tier": "standard",
+    "speed": "standard",
+}
+
+#: Fields the CLI writes on its own error result that a synthesized one leaves out: the
+#: supervisor cannot know them, and the official TypeScript SDK's type marks each of them
+#: optional (or does not list it). tests/test_frame_shapes.py and
+#: tests/realcli/test_frame_shapes_live.py hold both to that.
+SYNTHESIZED_RESULT_OMITS = frozenset(
+    {
+        "fast_mode_disabled_reason",
+        "fast_mode_state",
+        "queued_turn_count",
+        "result_index",
+        "subagent_stats",
+    }
+)
+
+#: Fields a synthesized result adds to the CLI's error result: `result` repeats the
+#: message (parents read it there, and the Python SDK's `ResultMessage.result` shows it),
+#: and `supervisor` marks the frame as the supervisor's.
+SYNTHESIZED_RESULT_ADDS = frozenset({"result", "supervisor"})
+
+
 def synthesized_result(
     *, session_id: str | None, duration_ms: float, terminal_reason: str, message: str
 ) -> Frame:
     """A `result` for a turn whose own result the CLI never wrote.
 
-    It carries every field the official SDKs require of a result, so their parsers accept
-    it, and `"supervisor": {"synthesized": true}` so a careful parent can tell it apart.
+    Shaped like the CLI's own `error_during_execution` result (every field it writes, with
+    the same JSON type, but for `SYNTHESIZED_RESULT_OMITS`), so the official SDKs parse
+    it: the TypeScript SDK reads `errors` from every error result and dies without it.
+    `"supervisor": {"synthesized": true}` lets a careful parent tell it apart.
     """
     return Frame.from_data(
         {
@@ -89,11 +144,18 @@ def synthesized_result(
             "duration_ms": round(duration_ms),
             "duration_api_ms": 0,
             "num_turns": 0,
+            "stop_reason": None,
+            "errors": [message],
             "result": message,
             "session_id": session_id or "",
             "total_cost_usd": 0,
-            "usage": {},
+            "usage": copy.deepcopy(_NO_USAGE),
+            "modelUsage": {},
+            "model_usage_since_last_result": {},
+            "permission_denials": [],
+            "safety_stops": 0,
             "terminal_reason": terminal_reason,
+            "uuid": str(uuid.uuid4()),
             "supervisor": {"synthesized": True},
         }
     )

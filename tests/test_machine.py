@@ -318,7 +318,11 @@ def test_the_users_own_interrupt_is_supervised_and_answered() -> None:
     assert answers == [
         {
             "type": "control_response",
-            "response": {"subtype": "success", "request_id": "u1", "response": {}},
+            "response": {
+                "subtype": "success",
+                "request_id": "u1",
+                "response": {"still_queued": []},
+            },
         }
     ]
     assert h.reports()[0].path == "sigint"

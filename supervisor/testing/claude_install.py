@@ -6,10 +6,17 @@ supervise), but CLI behaviour changes between releases. So tests pin one version
 install it themselves, into a git-ignored folder inside the repository, instead of
 relying on whatever ``claude`` happens to be on ``PATH``.
 
+It also installs the official TypeScript SDK (``@anthropic-ai/claude-agent-sdk``, pinned
+to :data:`AGENT_SDK_PINNED_VERSION`) next to it, with the same care, for the tests that
+drive the wrapper from the SDK as ``pathToClaudeCodeExecutable``. Its own copy of the
+CLI (an optional dependency) is left out: the tests point it at the pinned CLI.
+
 Layout::
 
     <cache root>/<version>/node_modules/.bin/claude
     <cache root>/.<version>.lock     # fcntl lock serialising installers
+    <cache root>/agent-sdk-<version>/node_modules/@anthropic-ai/claude-agent-sdk/
+    <cache root>/.agent-sdk-<version>.lock
 
 The cache root defaults to ``<repo>/.cache/claude`` (``.cache/`` is git-ignored); the
 environment variable ``CLAUDE_SUPERVISOR_CLI_CACHE`` overrides it. The version defaults
@@ -25,8 +32,9 @@ workers, two terminals) wait for one installer instead of racing npm.
 Failures raise :class:`RuntimeError` that says what failed and what to do: tests that
 need the real CLI must fail loudly, never skip silently.
 
-Run ``python -m supervisor.testing.claude_install [--version V]`` to install and print
-the executable's path.
+Run ``python -m supervisor.testing.claude_install [--version V] [--agent-sdk]`` to install
+and print the executable's path (and the SDK's folder); it says what it downloads, where,
+and how far it got.
 """
 
 from __future__ import annotations
@@ -41,15 +49,19 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 __all__ = [
+    "AGENT_SDK_PACKAGE",
+    "AGENT_SDK_PINNED_VERSION",
     "CACHE_ENV",
     "PACKAGE",
     "PINNED_VERSION",
     "VERSION_ENV",
     "default_cache_root",
+    "ensure_agent_sdk",
     "ensure_claude",
     "resolve_version",
 ]
@@ -59,6 +71,12 @@ PACKAGE = "@anthropic-ai/claude-code"
 
 PINNED_VERSION = "2.1.328"
 """The CLI version the test-suite is written against (see docs/compatibility.md)."""
+
+AGENT_SDK_PACKAGE = "@anthropic-ai/claude-agent-sdk"
+"""The official TypeScript SDK, driven by the tests with the wrapper as its CLI."""
+
+AGENT_SDK_PINNED_VERSION = "0.3.328"
+"""The TypeScript SDK release that goes with :data:`PINNED_VERSION` (same patch number)."""
 
 VERSION_ENV = "CLAUDE_SUPERVISOR_TEST_CLI_VERSION"
 """Environment variable that overrides :data:`PINNED_VERSION`."""
@@ -71,6 +89,10 @@ CACHE_ENV = "CLAUDE_SUPERVISOR_CLI_CACHE"
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_-]*$")
 
 _NPM_TIMEOUT_S = 600.0
+_PROGRESS_EVERY_S = 5.0
+
+#: Where progress lines go: a callable taking one line, or None for silence.
+Progress = Callable[[str], None] | None
 _VERSION_CHECK_TIMEOUT_S = 60.0
 
 
@@ -158,9 +180,43 @@ def _tail(text: str, limit: int = 4000) -> str:
     return text if len(text) <= limit else "..." + text[-limit:]
 
 
-def _run_npm(npm: str, prefix: Path, version: str) -> None:
-    """Run ``npm install`` of the CLI into *prefix*; raise RuntimeError on failure."""
-    spec = f"{PACKAGE}@{version}"
+def _folder_mb(folder: Path) -> float:
+    """How much npm has written so far under *folder* (the download's progress)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total / 1e6
+
+
+def _npm_cache(npm: str) -> Path | None:
+    """npm's download cache, where tarballs land while they download (None if unknown)."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        proc = subprocess.run(
+            [npm, "config", "get", "cache"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=_VERSION_CHECK_TIMEOUT_S,
+            check=False,
+        )
+        if proc.returncode == 0 and proc.stdout.strip():
+            return Path(proc.stdout.strip())
+    return None
+
+
+def _run_npm(
+    npm: str, prefix: Path, spec: str, extra: Sequence[str] = (), progress: Progress = None
+) -> None:
+    """Run ``npm install <spec>`` into *prefix*; raise RuntimeError on failure.
+
+    npm shows no progress when its output is not a terminal, so *progress* is told every
+    few seconds how many megabytes have arrived: npm downloads into its cache first and
+    unpacks into *prefix* after, so both are counted.
+    """
+    cache = _npm_cache(npm) if progress is not None else None
+    cache_before = _folder_mb(cache) if cache is not None else 0.0
     cmd = [
         npm,
         "install",
@@ -171,20 +227,35 @@ def _run_npm(npm: str, prefix: Path, version: str) -> None:
         "--no-save",
         "--no-package-lock",
         "--loglevel=error",
-        # The native binary arrives as an optional dependency: never let a user-level
-        # `omit=optional` config drop it.
-        "--include=optional",
+        *extra,
         spec,
     ]
+    started = time.monotonic()
     try:
-        proc = subprocess.run(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=_NPM_TIMEOUT_S,
-            check=False,
-        )
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True
+            )
+            try:
+                while True:
+                    try:
+                        returncode = proc.wait(_PROGRESS_EVERY_S)
+                        break
+                    except subprocess.TimeoutExpired:
+                        elapsed = time.monotonic() - started
+                        if elapsed > _NPM_TIMEOUT_S:
+                            raise
+                        if progress is not None:
+                            got = _folder_mb(prefix)
+                            if cache is not None:
+                                got += max(0.0, _folder_mb(cache) - cache_before)
+                            progress(f"  {spec}: {got:.0f} MB after {elapsed:.0f} s")
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            err.seek(0)
+            stderr = err.read()
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(
             f"`npm install {spec}` did not finish within {_NPM_TIMEOUT_S:.0f} s. "
@@ -192,11 +263,12 @@ def _run_npm(npm: str, prefix: Path, version: str) -> None:
         ) from exc
     except OSError as exc:
         raise RuntimeError(f"could not run npm ({npm}): {exc}") from exc
-    if proc.returncode != 0:
+    if returncode != 0:
+        package = spec.rsplit("@", 1)[0]
         raise RuntimeError(
-            f"`npm install {spec}` failed with exit code {proc.returncode}.\n"
-            f"stderr:\n{_tail(proc.stderr)}\n"
-            "Check that the version exists (`npm view @anthropic-ai/claude-code versions`), "
+            f"`npm install {spec}` failed with exit code {returncode}.\n"
+            f"stderr:\n{_tail(stderr)}\n"
+            f"Check that the version exists (`npm view {package} versions`), "
             "that the npm registry is reachable, or set "
             f"{VERSION_ENV} to another version."
         )
@@ -231,13 +303,60 @@ def _check_runs(exe: Path, version: str) -> None:
         )
 
 
-def ensure_claude(version: str | None = None, root: Path | None = None) -> Path:
+def _npm_or_fail(what: str, where: Path) -> str:
+    npm = shutil.which("npm")
+    if npm is None:
+        raise RuntimeError(
+            f"npm was not found on PATH, so {what} cannot be installed for the "
+            "real-CLI tests. Install Node.js and npm (e.g. `apt-get install nodejs npm`), "
+            f"or pre-install it under {where}."
+        )
+    return npm
+
+
+def _install(
+    cache_root: Path,
+    name: str,
+    complete: Callable[[Path], bool],
+    build: Callable[[Path], None],
+) -> Path:
+    """Build `<cache_root>/<name>` once, safely: under a lock, in a temporary sibling that
+    is renamed into place only when *build* succeeded and *complete* says it is whole."""
+    target = cache_root / name
+    if complete(target):
+        return target
+    cache_root.mkdir(parents=True, exist_ok=True)
+    with _locked(cache_root / f".{name}.lock"):
+        # Another process may have finished the install while we waited for the lock.
+        if complete(target):
+            return target
+        if target.exists():
+            # Not complete, yet present: left over from a manual copy or an old layout.
+            # We hold the lock, so nobody else is using it; replace it.
+            shutil.rmtree(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=cache_root))
+        try:
+            build(tmp)
+            # mkdtemp makes the folder private (0700); the cache is shared with the user's
+            # other tools, so give it the usual permissions before it goes live.
+            tmp.chmod(0o755)
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def ensure_claude(
+    version: str | None = None, root: Path | None = None, progress: Progress = None
+) -> Path:
     """Install ``@anthropic-ai/claude-code@<version>`` if needed; return the ``claude`` path.
 
     *version* defaults to ``$CLAUDE_SUPERVISOR_TEST_CLI_VERSION`` or
     :data:`PINNED_VERSION`. *root* is the cache root (one sub-folder per version);
     it defaults to :func:`default_cache_root`. Already-installed versions return at
-    once (no network). Safe to call from parallel processes.
+    once (no network). Safe to call from parallel processes. *progress*, if given, is
+    told what is installed where, and how far the download got.
 
     Raises RuntimeError if npm is missing or the install fails, with what to do next.
     """
@@ -246,45 +365,91 @@ def ensure_claude(version: str | None = None, root: Path | None = None) -> Path:
     version_dir = cache_root / ver
     if _is_complete(version_dir):
         return _bin_path(version_dir)
+    npm = _npm_or_fail(f"{PACKAGE}@{ver}", version_dir)
 
-    npm = shutil.which("npm")
-    if npm is None:
-        raise RuntimeError(
-            f"npm was not found on PATH, so {PACKAGE}@{ver} cannot be installed for the "
-            "real-CLI tests. Install Node.js and npm (e.g. `apt-get install nodejs npm`), "
-            f"or pre-install the CLI under {version_dir}."
+    def build(tmp: Path) -> None:
+        if progress is not None:
+            progress(
+                f"Installing the Claude Code CLI {PACKAGE}@{ver} for the real-CLI tests "
+                f"into {version_dir} (a download of a few hundred MB, once)"
+            )
+        # The native binary arrives as an optional dependency: never let a user-level
+        # `omit=optional` config drop it.
+        _run_npm(npm, tmp, f"{PACKAGE}@{ver}", ["--include=optional"], progress)
+        got = _installed_version(tmp)
+        if got is None or not _bin_path(tmp).exists():
+            raise RuntimeError(
+                f"`npm install {PACKAGE}@{ver}` succeeded but left no "
+                f"node_modules/.bin/claude under {tmp}; the package layout may have "
+                "changed. Inspect the package or pin another version."
+            )
+        if ver[0].isdigit() and got != ver:
+            raise RuntimeError(f"asked npm for {PACKAGE}@{ver} but it installed {got}")
+        # The .bin entry is a relative symlink, so it survives the rename.
+        _check_runs(_bin_path(tmp), ver)
+
+    return _bin_path(_install(cache_root, ver, _is_complete, build))
+
+
+def _agent_sdk_package(prefix: Path) -> Path:
+    return prefix / "node_modules" / "@anthropic-ai" / "claude-agent-sdk"
+
+
+def _agent_sdk_version(prefix: Path) -> str | None:
+    try:
+        data = json.loads((_agent_sdk_package(prefix) / "package.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    found = data.get("version") if isinstance(data, dict) else None
+    return found if isinstance(found, str) else None
+
+
+def ensure_agent_sdk(
+    version: str | None = None, root: Path | None = None, progress: Progress = None
+) -> Path:
+    """Install ``@anthropic-ai/claude-agent-sdk@<version>`` if needed; return the folder
+    holding its ``node_modules`` (run node scripts there, or set ``NODE_PATH`` to its
+    ``node_modules``, to import it).
+
+    *version* defaults to :data:`AGENT_SDK_PINNED_VERSION`; *root* and *progress* are as
+    for :func:`ensure_claude`, and so is the care (lock, temporary folder, rename). The
+    SDK's own CLI binary is not installed (`--omit=optional`): the tests give it the
+    wrapper, which runs the pinned CLI.
+    """
+    ver = version or AGENT_SDK_PINNED_VERSION
+    if not _VERSION_RE.match(ver):
+        raise ValueError(f"not a valid npm version or tag for {AGENT_SDK_PACKAGE}: {ver!r}")
+    cache_root = (root if root is not None else default_cache_root()).resolve()
+    name = f"agent-sdk-{ver}"
+    spec = f"{AGENT_SDK_PACKAGE}@{ver}"
+
+    def complete(prefix: Path) -> bool:
+        return (
+            _agent_sdk_version(prefix) is not None
+            and (_agent_sdk_package(prefix) / "sdk.mjs").is_file()
         )
 
-    with _locked(cache_root / f".{ver}.lock"):
-        # Another process may have finished the install while we waited for the lock.
-        if _is_complete(version_dir):
-            return _bin_path(version_dir)
-        if version_dir.exists():
-            # Not complete, yet present: left over from a manual copy or an old layout.
-            # We hold the lock, so nobody else is using it; replace it.
-            shutil.rmtree(version_dir)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{ver}-", dir=cache_root))
-        try:
-            _run_npm(npm, tmp, ver)
-            got = _installed_version(tmp)
-            if got is None or not _bin_path(tmp).exists():
-                raise RuntimeError(
-                    f"`npm install {PACKAGE}@{ver}` succeeded but left no "
-                    f"node_modules/.bin/claude under {tmp}; the package layout may have "
-                    "changed. Inspect the package or pin another version."
-                )
-            if ver[0].isdigit() and got != ver:
-                raise RuntimeError(f"asked npm for {PACKAGE}@{ver} but it installed {got}")
-            # The .bin entry is a relative symlink, so it survives the rename below.
-            _check_runs(_bin_path(tmp), ver)
-            # mkdtemp makes the folder private (0700); the cache is shared with the user's
-            # other tools, so give it the usual permissions before it goes live.
-            tmp.chmod(0o755)
-            os.rename(tmp, version_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return _bin_path(version_dir)
+    def build(tmp: Path) -> None:
+        if progress is not None:
+            progress(
+                f"Installing the TypeScript SDK {spec} for the SDK tests into "
+                f"{cache_root / name} (about 70 MB, once)"
+            )
+        _run_npm(npm, tmp, spec, ["--omit=optional"], progress)
+        got = _agent_sdk_version(tmp)
+        if got is None or not complete(tmp):
+            raise RuntimeError(
+                f"`npm install {spec}` succeeded but left no "
+                f"node_modules/@anthropic-ai/claude-agent-sdk/sdk.mjs under {tmp}; the "
+                "package layout may have changed. Inspect the package or pin another version."
+            )
+        if ver[0].isdigit() and got != ver:
+            raise RuntimeError(f"asked npm for {spec} but it installed {got}")
+
+    if complete(cache_root / name):
+        return cache_root / name
+    npm = _npm_or_fail(spec, cache_root / name)
+    return _install(cache_root, name, complete, build)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -301,13 +466,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--root", type=Path, default=None, help="cache root (default: <repo>/.cache/claude)"
     )
+    parser.add_argument(
+        "--agent-sdk",
+        action="store_true",
+        help=f"also install {AGENT_SDK_PACKAGE}@{AGENT_SDK_PINNED_VERSION} and print its folder",
+    )
     args = parser.parse_args(argv)
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
     try:
-        path = ensure_claude(args.version, args.root)
+        path = ensure_claude(args.version, args.root, progress=say)
+        print(path)
+        if args.agent_sdk:
+            print(ensure_agent_sdk(root=args.root, progress=say))
     except (RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(path)
     return 0
 
 

@@ -7,11 +7,14 @@ error with the installer's message: they are never skipped silently.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
 import trio
+from conftest import TOKEN_VARIABLE, stray_processes
 
 from supervisor.testing import STREAM_JSON_ARGS
 from supervisor.testing.claude_install import ensure_claude
@@ -33,6 +36,47 @@ def long_tool(marker: Path, *, escapee: bool = False, seconds: int = 300) -> str
         command += f"setsid -f {sleeper} >/dev/null 2>&1 </dev/null; "
     command += sleeper
     return f"[[api: bash={command}]]"
+
+
+#: The drop-in executable, as a user's program finds it.
+WRAPPER = Path(sys.executable).parent / "claude-supervisor"
+
+
+def stubborn_tool(marker: Path, seconds: int = 300) -> str:
+    """A fake-API directive for a Bash call that ignores SIGTERM (it touches `marker`
+    once it runs and its handler is set)."""
+    code = (
+        "import signal, time, pathlib; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"pathlib.Path({str(marker)!r}).touch(); time.sleep({seconds})"
+    )
+    return f'[[api: bash=python3 -c "{code}"]]'
+
+
+def wrapper_env(claude_cli: Path, cli_env: dict[str, str]) -> dict[str, str]:
+    """The environment an SDK passes the wrapper: it finds the real CLI and takes its own
+    settings from these variables (an SDK passes the CLI's arguments only)."""
+    return {
+        **cli_env,
+        "CLAUDE_SUPERVISOR_CLAUDE": str(claude_cli),
+        "CLAUDE_SUPERVISOR_INTERRUPT_TIMEOUT": "1",
+        "CLAUDE_SUPERVISOR_SIGINT_TIMEOUT": "3",
+        "CLAUDE_SUPERVISOR_KILL_TIMEOUT": "1",
+    }
+
+
+async def seconds_until_gone(keep: Iterable[int], timeout: float = 60) -> float:
+    """How long until no process of this test is left but those in `keep` (the test's own
+    client); fails if some still run after `timeout`. There is no event for "a process
+    elsewhere exited", so this polls."""
+    token = os.environ[TOKEN_VARIABLE]
+    kept = list(keep)
+    start = trio.current_time()
+    with trio.move_on_after(timeout):
+        while await trio.to_thread.run_sync(stray_processes, token, kept):
+            await trio.sleep(0.02)
+        return trio.current_time() - start
+    left = [" ".join(p.cmdline())[:120] for p in stray_processes(token, kept)]
+    raise AssertionError(f"still running {timeout:.0f} s after close: {left}")
 
 
 async def wait_for_file(path: Path, timeout: float = 30) -> None:

@@ -26,3 +26,10 @@ async def test_the_demo_runs_every_rung_on_the_real_cli(
     assert done.returncode == 0, out
     for rung in ("ended by: interrupt", "ended by: sigint", "ended by: kill"):
         assert rung in out, out
+    lines = out.splitlines()
+    headers = [i for i, line in enumerate(lines) if line.startswith("== ")]
+    assert len(headers) == 5 and all(lines[i + 1].startswith("   ") for i in headers), out
+    assert "(not the end of the turn)" in out and "aborted_tools: the CLI's own result" in out
+    assert "killed: the stopped CLI" in out, out
+    # The history survived: the resumed session is the same one.
+    assert "same session id as the first turn" in out, out

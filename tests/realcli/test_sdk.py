@@ -8,8 +8,8 @@ passes the CLI's arguments only, so the wrapper takes its own settings from
 
 from __future__ import annotations
 
+import json
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +21,30 @@ from claude_agent_sdk import (
     ClaudeSDKClient,
     HookMatcher,
     ResultMessage,
+    SystemMessage,
     query,
 )
 from conftest import cli_of
 
-from .conftest import long_tool, wait_for_file
+from .conftest import (
+    WRAPPER,
+    long_tool,
+    seconds_until_gone,
+    stubborn_tool,
+    wait_for_file,
+    wrapper_env,
+)
 
 pytestmark = pytest.mark.real_cli
 
-WRAPPER = Path(sys.executable).parent / "claude-supervisor"
-
 
 def options(claude_cli: Path, cli_env: dict[str, str], workdir: Path, **extra: Any) -> Any:
-    env = {
-        **cli_env,
-        "CLAUDE_SUPERVISOR_CLAUDE": str(claude_cli),
-        "CLAUDE_SUPERVISOR_INTERRUPT_TIMEOUT": "1",
-        "CLAUDE_SUPERVISOR_SIGINT_TIMEOUT": "3",
-        "CLAUDE_SUPERVISOR_KILL_TIMEOUT": "1",
-    }
     return ClaudeAgentOptions(
-        cli_path=str(WRAPPER), env=env, cwd=str(workdir), allowed_tools=["Bash"], **extra
+        cli_path=str(WRAPPER),
+        env=wrapper_env(claude_cli, cli_env),
+        cwd=str(workdir),
+        allowed_tools=["Bash"],
+        **extra,
     )
 
 
@@ -79,7 +82,12 @@ async def test_interrupt_during_a_tool_call_ends_the_turn(
         result = (await response(client))[-1]
         assert isinstance(result, ResultMessage) and result.is_error
         await client.query("and now?")
-        after = (await response(client))[-1]
+        messages = await response(client)
+        # The cancel's report comes after the cancelled turn's result: first of the next read.
+        notice = messages[0]
+        assert isinstance(notice, SystemMessage) and notice.subtype == "supervisor_cancel"
+        assert notice.data["report"]["path"] == "interrupt"
+        after = messages[-1]
         assert isinstance(after, ResultMessage) and after.result == "reply #2 to: and now?"
 
 
@@ -126,3 +134,36 @@ async def test_hooks_from_initialize_survive_a_respawn(
         result = (await response(client))[-1]
         assert isinstance(result, ResultMessage) and not result.is_error
         assert commands[-1] == "echo after-respawn"
+
+
+async def test_close_during_a_stubborn_tool_leaves_nothing_bare_and_wrapped(
+    claude_cli: Path, cli_env: dict[str, str], workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    timings = {}
+    bare = ClaudeAgentOptions(
+        cli_path=str(claude_cli), env=cli_env, cwd=str(workdir), allowed_tools=["Bash"]
+    )
+    for name, opts in (("bare CLI", bare), ("wrapped", options(claude_cli, cli_env, workdir))):
+        marker = workdir / "stubborn"
+        client = ClaudeSDKClient(options=opts)
+        await client.connect()
+        try:
+            await client.query(stubborn_tool(marker))
+            await wait_for_file(marker)
+        finally:
+            # Watched from the moment disconnect() starts, while it runs.
+            async def watch(name: str = name) -> None:
+                timings[name] = await seconds_until_gone(keep=[], timeout=60)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                with trio.fail_after(60):
+                    await client.disconnect()
+        marker.unlink()
+    with capsys.disabled():  # shown in every run's output, not only on failure
+        print(
+            "\nPython SDK disconnect() with a tool ignoring SIGTERM, until the whole tree is gone: "
+            + json.dumps({k: round(v, 2) for k, v in timings.items()})
+        )
+    # The SDK ends stdin, sends SIGTERM 5 s later, SIGKILL 5 s after; generous bounds only.
+    assert timings["wrapped"] < 30
