@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import psutil
@@ -50,6 +51,8 @@ class CliProcess:
         self._helper: trio.Process | None = None
         self._cli: psutil.Process | None = None
         self._before_turn: frozenset[tree.Identity] = frozenset()
+        self._tag = tree.new_tag()  # marks every process of this run's tree
+        self._orphans_killed = 0
         self._stderr_tail = bytearray()
         self._exit_report: dict[str, object] = {}
         self._to_cli_send, self._to_cli_receive = trio.open_memory_channel[bytes | None](math.inf)
@@ -111,7 +114,9 @@ class CliProcess:
                 status_fd=status_write,
                 lifeline_fd=lifeline_read,
                 kill_timeout=self._kill_timeout,
+                tag=self._tag,
             )
+            started = time.time() - 1.0  # creation times are rounded: a margin
             try:
                 self._helper = await trio.lowlevel.open_process(
                     command,
@@ -137,7 +142,7 @@ class CliProcess:
                 nursery.start_soon(self._write_loop)
                 nursery.start_soon(self._read_stderr)
                 async with trio.open_nursery() as readers:
-                    readers.start_soon(self._read_status, status_read)
+                    readers.start_soon(self._read_status, status_read, started)
                     readers.start_soon(self._read_stdout)
                 await helper.wait()
                 nursery.cancel_scope.cancel()
@@ -150,7 +155,7 @@ class CliProcess:
             self._emit(SpawnFailed(str(self._exit_report.get("error"))))
             return
         returncode = self._exit_report.get("returncode")
-        killed = self._exit_report.get("killed", 0)
+        killed = self._exit_report.get("killed", self._orphans_killed)
         self._emit(
             CliExited(
                 returncode=returncode if isinstance(returncode, int) else None,
@@ -169,20 +174,30 @@ class CliProcess:
                 helper.kill()
                 await helper.wait()
 
-    async def _read_status(self, fd: int) -> None:
+    async def _read_status(self, fd: int, started: float) -> None:
         splitter = LineSplitter()
         async with trio.lowlevel.FdStream(fd) as stream:
             async for chunk in stream:
                 for line in splitter.feed(chunk):
                     if isinstance(line, bytes):
                         self._on_status(json.loads(line))
+        # End of the status pipe: the helper is gone. Without its last report it died
+        # (SIGKILL) before it could kill the tree, which lives on, re-parented to init:
+        # do its work, finding the tree by its tag. (Before the stdout reader can end,
+        # as a tool may hold the CLI's stdout open.)
+        if self._exit_report.get("event") not in ("exited", "spawn_failed"):
+            self._cli = None
+            self._orphans_killed = await trio.to_thread.run_sync(
+                tree.kill_tagged, self._tag, started, self._kill_timeout
+            )
+            self._stderr_tail += (
+                f"\nclaude-supervisor: the supervisor's helper process died before the CLI "
+                f"({self._orphans_killed} processes of the CLI's tree killed)\n"
+            ).encode()
 
     def _on_status(self, status: dict[str, object]) -> None:
         if status.get("event") == "spawned":
-            pid = status.get("pid")
-            assert isinstance(pid, int)
-            with contextlib.suppress(psutil.Error):
-                self._cli = psutil.Process(pid)
+            self._cli = tree.process_of(status)
             self._emit(CliSpawned())
         else:
             self._exit_report = status

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,6 +113,69 @@ def test_turn_processes_do_not_count_a_reused_pid_as_old() -> None:
     finally:
         helper.kill()
         helper.wait()
+
+
+def test_passthrough_never_forwards_a_signal_to_a_reused_pid(tmp_path: Path) -> None:
+    """Passthrough mode forwards the wrapper's signals to the CLI. Once the helper has
+    reaped the CLI (here while it still waits on a tool that ignores SIGTERM), the CLI's
+    pid may be reused: the newcomer must not get the signal."""
+    pid_file = tmp_path / "cli-pid"
+    log = tmp_path / "signals"
+    claude = tmp_path / "claude"
+    claude.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import os, signal, subprocess, sys
+        tool = subprocess.Popen(
+            [sys.executable, "-c", "import signal, time; "
+             "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+             "time.sleep(60)"],
+            start_new_session=True, stdout=subprocess.PIPE,
+        )
+        tool.stdout.readline()
+        with open({str(pid_file)!r} + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename({str(pid_file)!r} + ".tmp", {str(pid_file)!r})
+    """))  # fmt: skip
+    claude.chmod(0o755)
+    wrapper = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "--claude", str(claude), "--kill-timeout", "5",
+         "--", "-p", "hello"],
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists():
+            assert time.monotonic() < deadline, "the stand-in CLI never ran"
+            time.sleep(0.01)
+        cli_pid = int(pid_file.read_text())
+        while psutil.pid_exists(cli_pid):  # until the helper has reaped it
+            assert time.monotonic() < deadline, "the stand-in CLI was never reaped"
+            time.sleep(0.01)
+        stranger = spawn_at_pid(cli_pid, [sys.executable, "-c", textwrap.dedent(f"""
+            import signal, sys, time
+            def note(signum, frame):
+                with open({str(log)!r}, "a") as f:
+                    f.write(str(signum) + "\\n")
+            signal.signal(signal.SIGTERM, note)
+            open({str(log)!r} + ".ready", "w").close()
+            time.sleep(60)
+        """)])  # fmt: skip
+        try:
+            while not Path(f"{log}.ready").exists():
+                assert stranger.poll() is None
+                time.sleep(0.01)
+            assert wrapper.poll() is None  # still waiting for the tool to die
+            wrapper.send_signal(signal.SIGTERM)  # forwarded to "the CLI"
+            wrapper.wait(timeout=30)
+            assert not log.exists(), "the process that reused the CLI's pid got a signal"
+            assert stranger.poll() is None
+        finally:
+            stranger.kill()
+            stranger.wait()
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+            wrapper.wait()
 
 
 async def test_processes_outside_the_tree_are_never_signalled(
