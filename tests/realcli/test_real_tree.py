@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import psutil
@@ -23,10 +23,11 @@ CHAIN = Path(__file__).parent.parent / "fork_chain.py"
 MCP_SERVER = Path(__file__).with_name("mcp_server.py")
 
 
+Start = Callable[..., Awaitable[Wrapper]]
+
+
 @pytest.fixture
-async def start(
-    claude_cli: Path, cli_env: dict[str, str], workdir: Path
-) -> AsyncIterator[Callable[..., object]]:
+async def start(claude_cli: Path, cli_env: dict[str, str], workdir: Path) -> AsyncIterator[Start]:
     """Starts a wrapper with extra wrapper flags and extra CLI args; closes it after."""
     started: list[Wrapper] = []
 
@@ -85,10 +86,9 @@ def step_ms(report: dict[str, object], name: str) -> float:
 
 
 async def test_a_fork_chain_does_not_outlive_an_in_band_cancel(
-    start: Callable[..., object], workdir: Path, process_audit: str
+    start: Start, workdir: Path, process_audit: str
 ) -> None:
     w = await start(FAST_FLAGS)
-    assert isinstance(w, Wrapper)
     await w.send(user(chain(workdir / "started")))
     await wait_for_file(workdir / "started")
     await w.send({"type": "cancel_turn"})
@@ -100,10 +100,9 @@ async def test_a_fork_chain_does_not_outlive_an_in_band_cancel(
 
 
 async def test_a_fork_chain_is_killed_with_a_wedged_cli(
-    start: Callable[..., object], workdir: Path, process_audit: str
+    start: Start, workdir: Path, process_audit: str
 ) -> None:
     w = await start(FAST_FLAGS)
-    assert isinstance(w, Wrapper)
     await w.send(user(chain(workdir / "started")))
     await wait_for_file(workdir / "started")
     cli_of(helper_of(w)).send_signal(signal.SIGSTOP)
@@ -120,13 +119,12 @@ async def test_a_fork_chain_is_killed_with_a_wedged_cli(
 
 
 async def test_a_stopped_cli_is_killed_without_waiting_for_kill_timeout(
-    start: Callable[..., object], workdir: Path, process_audit: str
+    start: Start, workdir: Path, process_audit: str
 ) -> None:
     """A stopped process acts on SIGTERM only when continued; with a kill_timeout of
     20 s, the tree must still be gone at once (it took the whole kill_timeout)."""
     flags = ["--interrupt-timeout", "0.3", "--sigint-timeout", "0.3", "--kill-timeout", "20"]
     w = await start(flags)
-    assert isinstance(w, Wrapper)
     await w.send(user(long_tool(workdir / "started", escapee=True)))
     await wait_for_file(workdir / "started")
     cli_of(helper_of(w)).send_signal(signal.SIGSTOP)
@@ -141,7 +139,7 @@ async def test_a_stopped_cli_is_killed_without_waiting_for_kill_timeout(
 
 
 async def test_an_in_band_cancel_of_the_first_turn_keeps_the_mcp_server(
-    start: Callable[..., object], workdir: Path, tmp_path: Path, process_audit: str
+    start: Start, workdir: Path, tmp_path: Path, process_audit: str
 ) -> None:
     """The CLI starts its stdio MCP servers after the first user frame, so they are
     newer than the turn; they are the CLI's, not the turn's, and must survive."""
@@ -150,7 +148,6 @@ async def test_an_in_band_cancel_of_the_first_turn_keeps_the_mcp_server(
     server = {"command": sys.executable, "args": [str(MCP_SERVER), str(pid_file)]}
     config.write_text(json.dumps({"mcpServers": {"test": server}}))
     w = await start(FAST_FLAGS, ["--mcp-config", str(config)])
-    assert isinstance(w, Wrapper)
     await w.send(user(long_tool(workdir / "started", escapee=True)))
     await wait_for_file(workdir / "started")
     await wait_for_file(pid_file)
@@ -171,12 +168,11 @@ async def test_an_in_band_cancel_of_the_first_turn_keeps_the_mcp_server(
 
 
 async def test_a_sigkilled_helper_leaves_no_tool_behind(
-    start: Callable[..., object], workdir: Path, process_audit: str
+    start: Start, workdir: Path, process_audit: str
 ) -> None:
     """The CLI dies with its helper (parent-death signal), the tools would not: the
     supervisor kills them (found by their tag), and the session goes on resumed."""
     w = await start(FAST_FLAGS)
-    assert isinstance(w, Wrapper)
     await w.send(user("first"))
     first = await w.expect(is_result)
     await w.send(user(long_tool(workdir / "started", escapee=True)))
