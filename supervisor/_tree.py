@@ -221,9 +221,12 @@ def _freeze(
     """SIGSTOPs what `listing()` gives until it gives nothing new and all of it stopped.
 
     Returns the last listing. Bounded by `deadline` (a process in uninterruptible sleep
-    does not stop until it leaves it); zombies count as stopped.
+    does not stop until it leaves it); zombies count as stopped. Two listings in a row
+    must bring nothing new: one can miss a link of a chain that exits while it is walked
+    (its child is re-parented to a thread of the subreaper that was already read).
     """
     stopped: set[Identity] = set()
+    quiet = 0
     while True:
         if reap is not None:
             reap()
@@ -237,8 +240,12 @@ def _freeze(
             stopped.add(ident)
             with contextlib.suppress(psutil.Error):
                 proc.send_signal(signal.SIGSTOP)
-        if not new or time.monotonic() >= deadline:
+        quiet = 0 if new else quiet + 1
+        if quiet >= 2 or time.monotonic() >= deadline:
             return procs
+        if not new:
+            time.sleep(0.001)
+            continue
         # SIGSTOP is delivered asynchronously: until a process has stopped it may still
         # fork, and its child is in the next listing only if we list after that.
         wait_until = min(time.monotonic() + 0.2, deadline)

@@ -55,8 +55,10 @@ def helper_of(wrapper: Wrapper) -> psutil.Process:
 
 
 def chain(marker: Path, links: int = 20_000) -> str:
-    """A Bash call running a fork-and-exit chain (see tests/fork_chain.py)."""
-    return f"[[api: bash={sys.executable} {CHAIN} {links} {marker}]]"
+    """A Bash call that starts a fork-and-exit chain (see tests/fork_chain.py), then
+    runs on (the chain's first link exits at once, and the call with it otherwise)."""
+    sleeper = f"{sys.executable} -c 'import time; time.sleep(300)'"
+    return f"[[api: bash={sys.executable} {CHAIN} {links} {marker}; {sleeper}]]"
 
 
 async def leftovers(wrapper: Wrapper, token: str) -> list[psutil.Process]:
