@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 import trio
-from conftest import processes_with_token
+from conftest import processes_with_token, stray_processes
 from test_session import ARGS, FAST, tool_running
 from wrapper_harness import Wrapper, is_tool_use, supervisor_argv, user
 
@@ -243,6 +243,31 @@ async def test_a_sigkilled_library_host_takes_its_sessions_with_it(
         lambda: psutil.wait_procs(tree_processes, timeout=15)
     )
     assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
+
+
+async def test_a_sigkilled_helper_leaves_no_tool_behind(
+    fake_claude: Path, home: Path, process_audit: str
+) -> None:
+    """The CLI dies with its helper (parent-death signal); its tools, in sessions of
+    their own and re-parented to init, would not: the supervisor finds them by the tag
+    in their environment and kills them, and the session goes on, resumed."""
+    async with open_session(ARGS, claude=fake_claude, policy=FAST) as session:
+        assert (await (await session.send("first")).result())["subtype"] == "success"
+        turn = await session.send("[[fake: tool=60, escapee, stubborn, deep=3]]")
+        await tool_running(turn)
+        process = session._driver.process
+        assert process is not None and process._helper is not None
+        helper = psutil.Process(process._helper.pid)
+        tools = stray_processes(process_audit, {helper.pid, session.cli_pid})
+        assert len(tools) >= 5  # the tool, its escapee, the stubborn child, the chain
+        helper.kill()
+        result = await turn.result()
+        assert result["is_error"] is True
+        assert "helper process died" in result["result"]
+        _gone, alive = await trio.to_thread.run_sync(lambda: psutil.wait_procs(tools, timeout=15))
+        assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
+        after = await (await session.send("after")).result()
+        assert after["subtype"] == "success"
 
 
 async def test_when_the_wrappers_parent_dies_everything_stops(
