@@ -53,6 +53,7 @@ class CliProcess:
         self._before_turn: frozenset[tree.Identity] = frozenset()
         self._tag = tree.new_tag()  # marks every process of this run's tree
         self._orphans_killed = 0
+        self._started = 0.0  # wall-clock time just before the helper started
         self._stderr_tail = bytearray()
         self._exit_report: dict[str, object] = {}
         self._to_cli_send, self._to_cli_receive = trio.open_memory_channel[bytes | None](math.inf)
@@ -116,7 +117,7 @@ class CliProcess:
                 kill_timeout=self._kill_timeout,
                 tag=self._tag,
             )
-            started = time.time() - 1.0  # creation times are rounded: a margin
+            self._started = time.time() - 1.0  # creation times are rounded: a margin
             try:
                 self._helper = await trio.lowlevel.open_process(
                     command,
@@ -142,7 +143,7 @@ class CliProcess:
                 nursery.start_soon(self._write_loop)
                 nursery.start_soon(self._read_stderr)
                 async with trio.open_nursery() as readers:
-                    readers.start_soon(self._read_status, status_read, started)
+                    readers.start_soon(self._read_status, status_read)
                     readers.start_soon(self._read_stdout)
                 await helper.wait()
                 nursery.cancel_scope.cancel()
@@ -173,8 +174,12 @@ class CliProcess:
             if helper.returncode is None:
                 helper.kill()
                 await helper.wait()
+                # It had no chance to kill the tree: do it (see _read_status).
+                await trio.to_thread.run_sync(
+                    tree.kill_tagged, self._tag, self._started, self._kill_timeout
+                )
 
-    async def _read_status(self, fd: int, started: float) -> None:
+    async def _read_status(self, fd: int) -> None:
         splitter = LineSplitter()
         async with trio.lowlevel.FdStream(fd) as stream:
             async for chunk in stream:
@@ -188,7 +193,7 @@ class CliProcess:
         if self._exit_report.get("event") not in ("exited", "spawn_failed"):
             self._cli = None
             self._orphans_killed = await trio.to_thread.run_sync(
-                tree.kill_tagged, self._tag, started, self._kill_timeout
+                tree.kill_tagged, self._tag, self._started, self._kill_timeout
             )
             self._stderr_tail += (
                 f"\nclaude-supervisor: the supervisor's helper process died before the CLI "
