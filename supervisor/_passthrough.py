@@ -59,11 +59,13 @@ async def run_passthrough(
 
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(status.read, status_read)
                 nursery.start_soon(forward)
                 # The parent is gone: SIGTERM to the helper ends the CLI and its tree
                 # (it works even before the CLI's pid is known).
                 nursery.start_soon(watch_parent, parent, lambda: helper.send_signal(signal.SIGTERM))
+                # To the end of the status pipe, which only the helper holds: its last
+                # report, or (if it was SIGKILLed) the clean-up of what it left.
+                await status.read(status_read)
                 await helper.wait()
                 nursery.cancel_scope.cancel()
         finally:

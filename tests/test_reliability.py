@@ -178,6 +178,45 @@ def test_passthrough_never_forwards_a_signal_to_a_reused_pid(tmp_path: Path) -> 
             wrapper.wait()
 
 
+def test_passthrough_kills_the_tree_of_a_sigkilled_helper(
+    tmp_path: Path, process_audit: str
+) -> None:
+    """Passthrough mode: the helper SIGKILLed, the wrapper kills what it left (a tool in
+    a session of its own, orphaned to init) and exits."""
+    ready = tmp_path / "tool-ready"
+    claude = tmp_path / "claude"
+    claude.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import subprocess, sys, time
+        subprocess.Popen(
+            [sys.executable, "-c", "import time; open({str(ready)!r}, 'w'); time.sleep(60)"],
+            start_new_session=True,
+        )
+        time.sleep(60)
+    """))  # fmt: skip
+    claude.chmod(0o755)
+    wrapper = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "--claude", str(claude), "--", "-p", "hello"],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert time.monotonic() < deadline, "the stand-in tool never ran"
+            time.sleep(0.01)
+        [helper] = psutil.Process(wrapper.pid).children()
+        tools = stray_processes(process_audit, {wrapper.pid, helper.pid})
+        assert len(tools) == 2  # the stand-in CLI and its tool
+        helper.kill()
+        wrapper.wait(timeout=30)
+        _gone, alive = psutil.wait_procs(tools, timeout=15)
+        assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+            wrapper.wait()
+
+
 async def test_processes_outside_the_tree_are_never_signalled(
     fake_claude: Path, home: Path, tmp_path: Path
 ) -> None:
