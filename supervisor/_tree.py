@@ -206,9 +206,9 @@ def terminate(
         frozen = [p for p in _freeze(listing, deadline, reap) if _running(p)]
         if not frozen and _stays_empty(listing, reap):
             break
+        send(frozen, signal.SIGKILL)  # even at the deadline: never leave them stopped
         if time.monotonic() >= deadline:
             break
-        send(frozen, signal.SIGKILL)
         _wait_gone(functools.partial(list, frozen), min(time.monotonic() + 0.5, deadline), reap)
     return len(signalled)
 
