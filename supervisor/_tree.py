@@ -25,7 +25,8 @@ gone. Linux's parent-death signal would be simpler but follows the parent *threa
 trio starts processes from worker threads that exit when idle: it would kill every CLI
 about ten seconds after its start. SIGTERM to the helper kills the tree on purpose.
 
-Safety: a process is signalled only as a `psutil.Process` obtained by walking the tree;
+Safety: a process is signalled only as a `psutil.Process` obtained by walking the tree
+(or, once the helper is dead, found by the token unique to its run, see `kill_tagged`);
 psutil checks the process's creation time before each signal, so a pid reused by an
 unrelated process is never signalled.
 
@@ -116,7 +117,7 @@ def _child_pids(pid: int) -> list[int] | None:
 
 
 def children(proc: psutil.Process) -> list[psutil.Process]:
-    """The live children of `proc` (zombies included); [] if it is gone."""
+    """The children of `proc`, zombies included; [] if it is gone."""
     pids = _child_pids(proc.pid)
     if pids is None:
         try:
