@@ -382,8 +382,48 @@ def kill_tagged(tag: str, since: float, timeout: float) -> int:
 
     The helper's orphans were re-parented to init (or a subreaper above us), so they are
     found by their tag, not as descendants. Returns how many processes were signalled.
+
+    First a chase: the newest pids (where a fork-and-exit chain's live link is) and then
+    every process are looked at, and each tagged one is SIGKILLed as soon as it is seen,
+    until a few passes in a row find none; a scan of every process takes milliseconds,
+    far longer than a link lives, so killing what a scan listed would come too late.
+    No SIGTERM grace: this is the clean-up after a failure. Then the usual kill, for what
+    the chase could not end (bounded like it, by `timeout` + a few seconds).
     """
-    return terminate(lambda: tagged(tag, since), timeout)
+    me = os.getpid()
+    killed: set[Identity] = set()
+    deadline = time.monotonic() + timeout + _REAP_GRACE
+
+    def kill_if_tagged(pid: int) -> bool:
+        try:
+            proc = psutil.Process(pid)
+            if pid == me or proc.create_time() < since or proc.environ().get(TAG_VARIABLE) != tag:
+                return False
+            proc.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            return False
+        killed.add((pid, proc.create_time()))
+        return True
+
+    quiet = 0
+    while quiet < 3 and time.monotonic() < deadline:
+        found = False
+        for _ in range(20):  # the newest pids, again and again: cheap, and where links are
+            found = any([kill_if_tagged(pid) for pid in _newest_pids()]) or found
+        for pid in psutil.pids():
+            found = kill_if_tagged(pid) or found
+        quiet = 0 if found else quiet + 1
+    return len(killed) + terminate(lambda: tagged(tag, since), timeout)
+
+
+def _newest_pids(before: int = 32, after: int = 8) -> list[int]:
+    """The pids handed out last, and the next few, newest first ([] if unknown)."""
+    try:
+        with open("/proc/sys/kernel/ns_last_pid") as f:
+            last = int(f.read())
+    except (OSError, ValueError):
+        return []
+    return list(range(last + after, max(last - before, 0), -1))
 
 
 def process_of(report: Mapping[str, object]) -> psutil.Process | None:

@@ -33,8 +33,13 @@ class Helper:
     def __init__(self, cli: list[str], kill_timeout: float) -> None:
         status_read, status_write = os.pipe()
         lifeline_read, self._lifeline = os.pipe()
+        self.tag, self.started = tree.new_tag(), time.time() - 1.0
         command = tree.helper_command(
-            cli, status_fd=status_write, lifeline_fd=lifeline_read, kill_timeout=kill_timeout
+            cli,
+            status_fd=status_write,
+            lifeline_fd=lifeline_read,
+            kill_timeout=kill_timeout,
+            tag=self.tag,
         )
         self.proc = subprocess.Popen(
             command, pass_fds=(status_write, lifeline_read), start_new_session=True
@@ -179,3 +184,20 @@ def test_processes_in_the_clis_own_session_are_not_a_turns(
         assert not tool.is_running() or tool.status() == psutil.STATUS_ZOMBIE
         assert own.is_running() and own.status() != psutil.STATUS_ZOMBIE
         assert h.stop(timeout=30)["survivors"] == 0
+
+
+def test_a_fork_chain_left_by_a_sigkilled_helper_is_killed_by_its_tag(
+    tmp_path: Path, process_audit: str
+) -> None:
+    """Its links are re-parented to init, found only by the tag in their environment,
+    and each lives a fraction of a millisecond: far less than a scan of every process."""
+    marker = tmp_path / "chain-started"
+    chain = [sys.executable, CHAIN, "3000", str(marker), "stubborn"]
+    with helper(a_cli_with_tool(chain)) as h:
+        wait_for(marker)
+        h.proc.kill()
+        h.proc.wait()
+        assert tree.kill_tagged(h.tag, h.started, timeout=0.5) >= 1
+        for _ in range(3):  # one scan may miss a live link; three in a row will not
+            assert alive(process_audit) == []
+            time.sleep(0.05)
