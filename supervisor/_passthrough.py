@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import time
 from collections.abc import Sequence
 
 import psutil
@@ -18,6 +19,7 @@ import trio
 
 from . import _tree as tree
 from ._config import WrapperConfig
+from ._framing import LineSplitter
 from ._relay import watch_parent
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -31,11 +33,13 @@ async def run_passthrough(
     on_terminal = os.isatty(0)
     status_read, status_write = os.pipe()
     lifeline_read, lifeline_write = os.pipe()  # see supervisor/_tree.py
+    status = _Status(tree.new_tag(), config.policy.kill_timeout)
     command = tree.helper_command(
         [claude, *claude_args],
         status_fd=status_write,
         lifeline_fd=lifeline_read,
         kill_timeout=config.policy.kill_timeout,
+        tag=status.tag,
     )
     with trio.open_signal_receiver(*FORWARDED) as signals:
         try:
@@ -47,31 +51,26 @@ async def run_passthrough(
         finally:
             os.close(status_write)
             os.close(lifeline_read)
-        reports: list[dict[str, object]] = []
-
-        def send(signum: int) -> None:
-            pid = next((r["pid"] for r in reports if r.get("event") == "spawned"), None)
-            if isinstance(pid, int):
-                with contextlib.suppress(psutil.Error):
-                    psutil.Process(pid).send_signal(signum)
 
         async def forward() -> None:
             async for signum in signals:
                 if not (on_terminal and signum in (signal.SIGINT, signal.SIGQUIT)):
-                    send(signum)
+                    status.send(signum)
 
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_read_status, status_read, reports)
                 nursery.start_soon(forward)
                 # The parent is gone: SIGTERM to the helper ends the CLI and its tree
                 # (it works even before the CLI's pid is known).
                 nursery.start_soon(watch_parent, parent, lambda: helper.send_signal(signal.SIGTERM))
+                # To the end of the status pipe, which only the helper holds: its last
+                # report, or (if it was SIGKILLed) the clean-up of what it left.
+                await status.read(status_read)
                 await helper.wait()
                 nursery.cancel_scope.cancel()
         finally:
             os.close(lifeline_write)
-    for report in reports:
+    for report in status.reports:
         if report.get("event") == "spawn_failed":
             raise FileNotFoundError(str(report.get("error")))
         if report.get("event") == "exited":
@@ -81,10 +80,44 @@ async def run_passthrough(
     return 1
 
 
-async def _read_status(fd: int, reports: list[dict[str, object]]) -> None:
-    buffer = b""
-    async with trio.lowlevel.FdStream(fd) as stream:
-        async for chunk in stream:
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            reports.extend(json.loads(line) for line in lines if line.strip())
+class _Status:
+    """The helper's reports, and the CLI to forward signals to while it is ours.
+
+    The CLI is held as the `psutil.Process` made when the helper reported it spawned
+    (checked against the creation time it reported) and dropped at `exited`: once the
+    helper has reaped the CLI, its pid may be reused, and a process made from the bare pid
+    then would be the newcomer.
+    """
+
+    def __init__(self, tag: str, kill_timeout: float) -> None:
+        self.tag = tag
+        self.started = time.time() - 1.0  # creation times are rounded: a margin
+        self.kill_timeout = kill_timeout
+        self.reports: list[dict[str, object]] = []
+        self.cli: psutil.Process | None = None
+
+    def on_report(self, report: dict[str, object]) -> None:
+        self.reports.append(report)
+        if report.get("event") == "spawned":
+            self.cli = tree.process_of(report)
+        else:
+            self.cli = None
+
+    def send(self, signum: int) -> None:
+        if self.cli is not None:
+            with contextlib.suppress(psutil.Error):
+                self.cli.send_signal(signum)  # checks the creation time first
+
+    async def read(self, fd: int) -> None:
+        splitter = LineSplitter()
+        async with trio.lowlevel.FdStream(fd) as stream:
+            async for chunk in stream:
+                for line in splitter.feed(chunk):
+                    if isinstance(line, bytes) and line.strip():
+                        self.on_report(json.loads(line))
+        if not any(r.get("event") in ("exited", "spawn_failed") for r in self.reports):
+            # The helper died (SIGKILL) before it killed the tree: do it (_tree.kill_tagged).
+            self.cli = None
+            await trio.to_thread.run_sync(
+                tree.kill_tagged, self.tag, self.started, self.kill_timeout
+            )

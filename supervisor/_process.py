@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import psutil
@@ -50,6 +51,9 @@ class CliProcess:
         self._helper: trio.Process | None = None
         self._cli: psutil.Process | None = None
         self._before_turn: frozenset[tree.Identity] = frozenset()
+        self._tag = tree.new_tag()  # marks every process of this run's tree
+        self._orphans_killed = 0
+        self._started = 0.0  # wall-clock time just before the helper started
         self._stderr_tail = bytearray()
         self._exit_report: dict[str, object] = {}
         self._to_cli_send, self._to_cli_receive = trio.open_memory_channel[bytes | None](math.inf)
@@ -111,7 +115,9 @@ class CliProcess:
                 status_fd=status_write,
                 lifeline_fd=lifeline_read,
                 kill_timeout=self._kill_timeout,
+                tag=self._tag,
             )
+            self._started = time.time() - 1.0  # creation times are rounded: a margin
             try:
                 self._helper = await trio.lowlevel.open_process(
                     command,
@@ -150,7 +156,7 @@ class CliProcess:
             self._emit(SpawnFailed(str(self._exit_report.get("error"))))
             return
         returncode = self._exit_report.get("returncode")
-        killed = self._exit_report.get("killed", 0)
+        killed = self._exit_report.get("killed", self._orphans_killed)
         self._emit(
             CliExited(
                 returncode=returncode if isinstance(returncode, int) else None,
@@ -168,6 +174,10 @@ class CliProcess:
             if helper.returncode is None:
                 helper.kill()
                 await helper.wait()
+                # It had no chance to kill the tree: do it (see _read_status).
+                await trio.to_thread.run_sync(
+                    tree.kill_tagged, self._tag, self._started, self._kill_timeout
+                )
 
     async def _read_status(self, fd: int) -> None:
         splitter = LineSplitter()
@@ -176,13 +186,23 @@ class CliProcess:
                 for line in splitter.feed(chunk):
                     if isinstance(line, bytes):
                         self._on_status(json.loads(line))
+        # End of the status pipe: the helper is gone. Without its last report it died
+        # (SIGKILL) before it could kill the tree, which lives on, re-parented to init:
+        # do its work, finding the tree by its tag. (Before the stdout reader can end,
+        # as a tool may hold the CLI's stdout open.)
+        if self._exit_report.get("event") not in ("exited", "spawn_failed"):
+            self._cli = None
+            self._orphans_killed = await trio.to_thread.run_sync(
+                tree.kill_tagged, self._tag, self._started, self._kill_timeout
+            )
+            self._stderr_tail += (
+                f"\nclaude-supervisor: the supervisor's helper process died before the CLI "
+                f"({self._orphans_killed} processes of the CLI's tree killed)\n"
+            ).encode()
 
     def _on_status(self, status: dict[str, object]) -> None:
         if status.get("event") == "spawned":
-            pid = status.get("pid")
-            assert isinstance(pid, int)
-            with contextlib.suppress(psutil.Error):
-                self._cli = psutil.Process(pid)
+            self._cli = tree.process_of(status)
             self._emit(CliSpawned())
         else:
             self._exit_report = status

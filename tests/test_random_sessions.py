@@ -3,10 +3,10 @@
 Where tests/test_properties.py runs thousands of sequences against a model of the CLI,
 this runs fewer, slower ones against the real thing: the wrapper over pipes, the fake
 CLI misbehaving as each turn's directives say, real tool processes (deep trees, `setsid`
-escapees, children ignoring SIGTERM), SIGINTs to the wrapper, cancels and supersedes at
-random moments. Afterwards: every user frame got exactly one result, nothing was merged,
-every cancel ended within its deadlines, no tool process survived, and the wrapper
-exits 0 at end of input. `HYPOTHESIS_PROFILE=long` runs many more.
+escapees, children ignoring SIGTERM, fork-and-exit chains), SIGINTs to the wrapper,
+cancels and supersedes at random moments. Afterwards: every user frame got exactly one
+result, nothing was merged, every cancel ended within its deadlines, no tool process
+survived, and the wrapper exits 0 at end of input. `HYPOTHESIS_PROFILE=long` runs many more.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ directives = st.sampled_from(
         "tool=30, mute_interrupt, escapee",
         "tool=30, ignore_interrupt, ignore_sigint",
         "tool=30, wedge, escapee, stubborn",
+        "tool=30, forkchain=3000",
+        "tool=30, wedge, forkchain=3000",
         "stream=30",
         "crash",
         "garbage",

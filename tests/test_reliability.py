@@ -8,13 +8,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 import trio
-from conftest import processes_with_token
+from conftest import processes_with_token, stray_processes
 from test_session import ARGS, FAST, tool_running
 from wrapper_harness import Wrapper, is_tool_use, supervisor_argv, user
 
@@ -114,6 +115,108 @@ def test_turn_processes_do_not_count_a_reused_pid_as_old() -> None:
         helper.wait()
 
 
+def test_passthrough_never_forwards_a_signal_to_a_reused_pid(tmp_path: Path) -> None:
+    """Passthrough mode forwards the wrapper's signals to the CLI. Once the helper has
+    reaped the CLI (here while it still waits on a tool that ignores SIGTERM), the CLI's
+    pid may be reused: the newcomer must not get the signal."""
+    pid_file = tmp_path / "cli-pid"
+    log = tmp_path / "signals"
+    claude = tmp_path / "claude"
+    claude.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import os, signal, subprocess, sys
+        tool = subprocess.Popen(
+            [sys.executable, "-c", "import signal, time; "
+             "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+             "time.sleep(60)"],
+            start_new_session=True, stdout=subprocess.PIPE,
+        )
+        tool.stdout.readline()
+        with open({str(pid_file)!r} + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename({str(pid_file)!r} + ".tmp", {str(pid_file)!r})
+    """))  # fmt: skip
+    claude.chmod(0o755)
+    wrapper = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "--claude", str(claude), "--kill-timeout", "5",
+         "--", "-p", "hello"],
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists():
+            assert time.monotonic() < deadline, "the stand-in CLI never ran"
+            time.sleep(0.01)
+        cli_pid = int(pid_file.read_text())
+        while psutil.pid_exists(cli_pid):  # until the helper has reaped it
+            assert time.monotonic() < deadline, "the stand-in CLI was never reaped"
+            time.sleep(0.01)
+        stranger = spawn_at_pid(cli_pid, [sys.executable, "-c", textwrap.dedent(f"""
+            import signal, sys, time
+            def note(signum, frame):
+                with open({str(log)!r}, "a") as f:
+                    f.write(str(signum) + "\\n")
+            signal.signal(signal.SIGTERM, note)
+            open({str(log)!r} + ".ready", "w").close()
+            time.sleep(60)
+        """)])  # fmt: skip
+        try:
+            while not Path(f"{log}.ready").exists():
+                assert stranger.poll() is None
+                time.sleep(0.01)
+            assert wrapper.poll() is None  # still waiting for the tool to die
+            wrapper.send_signal(signal.SIGTERM)  # forwarded to "the CLI"
+            wrapper.wait(timeout=30)
+            assert not log.exists(), "the process that reused the CLI's pid got a signal"
+            assert stranger.poll() is None
+        finally:
+            stranger.kill()
+            stranger.wait()
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+            wrapper.wait()
+
+
+def test_passthrough_kills_the_tree_of_a_sigkilled_helper(
+    tmp_path: Path, process_audit: str
+) -> None:
+    """Passthrough mode: the helper SIGKILLed, the wrapper kills what it left (a tool in
+    a session of its own, orphaned to init) and exits."""
+    ready = tmp_path / "tool-ready"
+    claude = tmp_path / "claude"
+    claude.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import subprocess, sys, time
+        subprocess.Popen(
+            [sys.executable, "-c", "import time; open({str(ready)!r}, 'w'); time.sleep(60)"],
+            start_new_session=True,
+        )
+        time.sleep(60)
+    """))  # fmt: skip
+    claude.chmod(0o755)
+    wrapper = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "--claude", str(claude), "--", "-p", "hello"],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert time.monotonic() < deadline, "the stand-in tool never ran"
+            time.sleep(0.01)
+        [helper] = psutil.Process(wrapper.pid).children()
+        tools = stray_processes(process_audit, {wrapper.pid, helper.pid})
+        assert len(tools) == 2  # the stand-in CLI and its tool
+        helper.kill()
+        wrapper.wait(timeout=30)
+        _gone, alive = psutil.wait_procs(tools, timeout=15)
+        assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+            wrapper.wait()
+
+
 async def test_processes_outside_the_tree_are_never_signalled(
     fake_claude: Path, home: Path, tmp_path: Path
 ) -> None:
@@ -179,6 +282,31 @@ async def test_a_sigkilled_library_host_takes_its_sessions_with_it(
         lambda: psutil.wait_procs(tree_processes, timeout=15)
     )
     assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
+
+
+async def test_a_sigkilled_helper_leaves_no_tool_behind(
+    fake_claude: Path, home: Path, process_audit: str
+) -> None:
+    """The CLI dies with its helper (parent-death signal); its tools, in sessions of
+    their own and re-parented to init, would not: the supervisor finds them by the tag
+    in their environment and kills them, and the session goes on, resumed."""
+    async with open_session(ARGS, claude=fake_claude, policy=FAST) as session:
+        assert (await (await session.send("first")).result())["subtype"] == "success"
+        turn = await session.send("[[fake: tool=60, escapee, stubborn, deep=3]]")
+        await tool_running(turn)
+        process = session._driver.process
+        assert process is not None and process._helper is not None
+        helper = psutil.Process(process._helper.pid)
+        tools = stray_processes(process_audit, {helper.pid, session.cli_pid})
+        assert len(tools) >= 5  # the tool, its escapee, the stubborn child, the chain
+        helper.kill()
+        result = await turn.result()
+        assert result["is_error"] is True
+        assert "helper process died" in result["result"]
+        _gone, alive = await trio.to_thread.run_sync(lambda: psutil.wait_procs(tools, timeout=15))
+        assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
+        after = await (await session.send("after")).result()
+        assert after["subtype"] == "success"
 
 
 async def test_when_the_wrappers_parent_dies_everything_stops(

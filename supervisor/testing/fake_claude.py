@@ -135,6 +135,10 @@ true/false, yes/no, on/off), so a message can switch off an env directive.
 ``deep=N``
     The tool runs a chain of N nested descendants, each the parent of the
     next; the last one sleeps S seconds and the tool waits for the chain.
+``forkchain=N``
+    The tool also starts a fork-and-exit chain of N links: each link forks
+    the next, which calls ``os.setsid()``, and exits; the last sleeps 300 s.
+    Only a link or two live at any moment, each re-parented as it is born.
 ``stream=S``
     The model "streams" for S seconds before the assistant text. An interrupt
     there ends the turn with ``aborted_streaming``.
@@ -156,7 +160,8 @@ true/false, yes/no, on/off), so a message can switch off an env directive.
 ``garbage``
     Write the non-JSON line ``this is not json {`` before the result.
 
-``escapee``, ``stubborn`` and ``deep`` only matter together with ``tool``.
+``escapee``, ``stubborn``, ``deep`` and ``forkchain`` only matter together
+with ``tool``.
 Every process the fake starts inherits its environment unchanged, so tests
 can find leftovers by an environment token.
 
@@ -218,6 +223,7 @@ class Directives:
     escapee: bool = False
     stubborn: bool = False
     deep: int = 0
+    forkchain: int = 0
     stream: float = 0.0
     ignore_interrupt: bool = False
     mute_interrupt: bool = False
@@ -265,6 +271,7 @@ _CONVERTERS: Final[Mapping[str, Callable[[str | None], object]]] = {
     "escapee": _flag_value,
     "stubborn": _flag_value,
     "deep": _count_value,
+    "forkchain": _count_value,
     "stream": _seconds_value,
     "ignore_interrupt": _flag_value,
     "mute_interrupt": _flag_value,
@@ -664,7 +671,7 @@ def sleep_unless_sigint(events: EventQueue, seconds: float) -> bool:
 # --------------------------------------------------------------------------
 # The tool: a Python child standing in for a Bash tool and its offspring.
 
-# Runs as ``python -c _TOOL_SCRIPT SECONDS READY_FD ESCAPEE STUBBORN DEPTH``.
+# Runs as ``python -c _TOOL_SCRIPT SECONDS READY_FD ESCAPEE STUBBORN DEPTH LINKS``.
 # Every helper reports through a pipe once it is set up, and the tool writes
 # to READY_FD only when all of them are, so the fake announces the tool_use
 # with a complete, stable process tree.
@@ -677,6 +684,7 @@ ready_fd = int(sys.argv[2])
 want_escapee = sys.argv[3] == "1"
 want_stubborn = sys.argv[4] == "1"
 depth = int(sys.argv[5])
+links = int(sys.argv[6])
 
 
 def notify(fd):
@@ -736,8 +744,19 @@ def chain(levels):
     return body
 
 
+def forkchain(fd):
+    notify(fd)
+    for _ in range(links):
+        if os.fork() != 0:
+            os._exit(0)
+        os.setsid()
+    time.sleep(LONG)
+
+
 if want_escapee:
     os.waitpid(fork_then(escapee), 0)
+if links > 0:
+    os.waitpid(fork_then(forkchain), 0)
 if want_stubborn:
     fork_then(stubborn)
 head = fork_then(chain(depth)) if depth > 0 else None
@@ -775,6 +794,7 @@ def spawn_tool(directives: Directives, seconds: float) -> subprocess.Popen[bytes
                 "1" if directives.escapee else "0",
                 "1" if directives.stubborn else "0",
                 str(directives.deep),
+                str(directives.forkchain),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -1,0 +1,139 @@
+"""The helper's tree kill against hostile trees: survivors and time, over many runs.
+
+Not a test: run it on purpose, it prints numbers.
+
+    .venv/bin/python bench/tree_kill.py [--runs N]
+
+Two trees, each run as the "tool" of a stand-in CLI under a real helper, which is then
+sent SIGTERM (what `KillTree` does):
+
+- a fork-and-exit chain of 3000 links (tests/fork_chain.py), plain and with links that
+  ignore SIGTERM, killed while it forks: how many of its processes are alive afterwards,
+  and how long the helper took to report (a helper that never reports has hung);
+- a stopped tree (the CLI and its tool, SIGSTOPped) with a kill_timeout of 0.5 s: how
+  long the kill took (a stopped process acts on SIGTERM only once continued).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+from supervisor import _tree as tree
+
+CHAIN = str(Path(__file__).parent.parent / "tests" / "fork_chain.py")
+TOKEN = "TREE_KILL_BENCH_TOKEN"
+
+
+def _cli(tool: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-c",
+        "import subprocess, sys, time\n"
+        "subprocess.Popen(sys.argv[1:], start_new_session=True)\n"
+        "time.sleep(300)",
+        *tool,
+    ]
+
+
+def _alive(token: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(TOKEN) == token and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _clean_up(token: str) -> None:
+    """Whatever a failed kill left (a chain may still be forking): the fixed tree kill."""
+    tree.terminate(lambda: _alive(token), timeout=0.2)
+
+
+def _run(tool: list[str], kill_timeout: float, ready: Path, stop: bool) -> tuple[float, int]:
+    """Seconds from SIGTERM to the helper's report (inf: it hung), and survivors."""
+    token = uuid.uuid4().hex
+    status_read, status_write = os.pipe()
+    lifeline_read, lifeline_write = os.pipe()
+    command = tree.helper_command(
+        _cli(tool), status_fd=status_write, lifeline_fd=lifeline_read, kill_timeout=kill_timeout
+    )
+    helper = subprocess.Popen(
+        command,
+        pass_fds=(status_write, lifeline_read),
+        env={**os.environ, TOKEN: token},
+        start_new_session=True,
+    )
+    os.close(status_write)
+    os.close(lifeline_read)
+    try:
+        while not ready.exists():
+            time.sleep(0.005)
+        if stop:
+            for proc in _alive(token):
+                if proc.pid != helper.pid:
+                    proc.suspend()
+        start = time.monotonic()
+        helper.send_signal(signal.SIGTERM)
+        try:
+            helper.wait(timeout=15)
+            took = time.monotonic() - start
+        except subprocess.TimeoutExpired:
+            took = float("inf")
+        time.sleep(0.2)
+        survivors = len([p for p in _alive(token) if p.pid != helper.pid])
+        return took, survivors
+    finally:
+        if helper.poll() is None:
+            helper.kill()
+            helper.wait()
+        _clean_up(token)
+        os.close(status_read)
+        os.close(lifeline_write)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=6)
+    runs = parser.parse_args().runs
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, extra in (("chain", []), ("chain, links ignore SIGTERM", ["stubborn"])):
+            results = []
+            for i in range(runs):
+                ready = Path(tmp) / f"{len(extra)}-{i}"
+                tool = [sys.executable, CHAIN, "3000", str(ready), *extra]
+                results.append(_run(tool, 0.5, ready, stop=False))
+            hung = sum(1 for took, _ in results if took == float("inf"))
+            left = sum(1 for _, survivors in results if survivors)
+            done = [took for took, _ in results if took != float("inf")]
+            worst = f"{max(done) * 1000:.0f} ms" if done else "-"
+            print(f"{name}: {left} of {runs} runs left processes; helper hung in {hung}; "
+                  f"slowest report {worst}")  # fmt: skip
+        times = []
+        for i in range(runs):
+            ready = Path(tmp) / f"stopped-{i}"
+            tool = [
+                sys.executable,
+                "-c",
+                f"open({str(ready)!r}, 'w'); import time; time.sleep(300)",
+            ]
+            took, _ = _run(tool, 0.5, ready, stop=True)
+            times.append(took * 1000)
+        print(f"stopped tree, kill_timeout 500 ms: kill took {statistics.median(times):.0f} ms "
+              f"median, {max(times):.0f} ms max")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
