@@ -833,7 +833,8 @@ class SessionMachine:
     def _fail_to_start(self, event: CliExited, now: float, out: list[Action]) -> None:
         self._resume_errors = []
         if self._starting_fresh:
-            code, what = "resume_failed", "the CLI started as a new session after a failed resume"
+            code = "resume_failed"
+            what = "the Claude Code CLI, started as a new session after the resume failed,"
             advice = "check the CLI's arguments and its installation, then start a new session"
         elif self._respawning:
             code, what = "resume_failed", "the resumed CLI"
