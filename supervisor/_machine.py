@@ -382,8 +382,13 @@ class SessionMachine:
         where = "claude= in the library, --claude or CLAUDE_SUPERVISOR_CLAUDE in the executable"
         if self._respawning:
             code = "respawn_failed"
+            what = (
+                "as a new session after the resume failed"
+                if self._starting_fresh
+                else f"to resume session {self.session_id}"
+            )
             message = (
-                f"cannot restart the Claude Code CLI to resume session {self.session_id}: "
+                f"cannot restart the Claude Code CLI {what}: "
                 f"{message}; reinstall it or point the supervisor at it ({where})"
             )
         else:
@@ -861,6 +866,7 @@ class SessionMachine:
         self._alive, self._proven, self._initialized = True, False, False
         self._respawning = respawn
         self._starting_fresh = fresh
+        self._resume_errors = []  # only what this CLI says counts
         if respawn:
             esc = self._escalation
             assert esc is not None

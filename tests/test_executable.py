@@ -199,7 +199,7 @@ async def test_malformed_content_gets_one_error_and_one_result_and_the_queue_goe
 async def test_a_turn_the_cli_never_starts_is_cancelled_after_start_timeout(
     fake_claude: Path, home: Path
 ) -> None:
-    w = await Wrapper.start(supervisor_argv(fake_claude, "--start-timeout", "2"))
+    w = await Wrapper.start(supervisor_argv(fake_claude, "--start-timeout", "3"))
     try:
         await w.send(user("[[fake: silent]]"), user("behind"))
         error = await w.expect(is_system("supervisor_error"))

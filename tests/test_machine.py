@@ -605,3 +605,15 @@ def test_the_start_timeout_runs_from_when_the_turn_was_sent() -> None:
     h.user(user("second"))
     h.feed(m.FromCli(result()), after=50)
     assert h.machine.deadline == 80
+
+
+def test_a_new_session_that_cannot_be_run_says_so() -> None:
+    h = Harness()
+    running(h)
+    h.feed(m.CliExited(3))
+    h.feed(m.CliExited(1, stderr_tail="No conversation found"))
+    actions = h.feed(m.SpawnFailed("cannot run 'claude': No such file or directory"))
+    [error] = [d for d, _ in h.delivered(actions) if d.get("type") == "system"]
+    assert error["error"]["code"] == "respawn_failed"
+    assert "as a new session" in error["error"]["message"]
+    assert m.Finished(1) in actions

@@ -265,7 +265,7 @@ async def test_content_the_cli_cannot_read_is_refused_at_once(session: Session) 
 async def test_a_turn_the_cli_never_starts_does_not_hold_the_queue(
     fake_claude: Path, home: Path
 ) -> None:
-    policy = attrs.evolve(FAST, start_timeout=2.0)
+    policy = attrs.evolve(FAST, start_timeout=3.0)
     async with open_session(ARGS, claude=fake_claude, policy=policy) as s:
         stuck = await s.send("[[fake: silent]]")
         behind = await s.send("behind")
