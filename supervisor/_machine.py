@@ -818,8 +818,9 @@ class SessionMachine:
         why = "; ".join(self._resume_errors) or event.stderr_tail.strip()[-500:]
         self._resume_errors = []
         lost = self.session_id
+        which = f"session {lost}" if lost else "the session"
         message = (
-            f"the Claude Code CLI could not resume session {lost} "
+            f"the Claude Code CLI could not resume {which} "
             f"({_describe_exit(event.returncode)}{'; it said: ' + why if why else ''}), so "
             "the supervisor started it again as a new session: the conversation's history "
             "is lost (the CLI no longer knows the earlier turns); send again whatever "
@@ -836,6 +837,7 @@ class SessionMachine:
         out.extend(self._spawn(without_session_flags(self.args), now, respawn=True, fresh=True))
 
     def _fail_to_start(self, event: CliExited, now: float, out: list[Action]) -> None:
+        said = event.stderr_tail.strip() or "; ".join(self._resume_errors)
         self._resume_errors = []
         if self._starting_fresh:
             code = "resume_failed"
@@ -849,7 +851,7 @@ class SessionMachine:
             advice = "check the CLI's path and arguments"
         message = (
             f"{what} exited ({_describe_exit(event.returncode)}) before it answered"
-            f"{_stderr_hint(event.stderr_tail)}; {advice}"
+            f"{_stderr_hint(said)}; {advice}"
         )
         self._fail(code, message, now, out)
 
