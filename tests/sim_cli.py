@@ -115,6 +115,7 @@ class World:
         self.user_interrupts: dict[str, int] = {}  # request id -> answers seen
         self.malformed: set[int] = set()  # turns whose content the CLI cannot read
         self.sessions_lost = 0
+        self.error_codes: list[Any] = []  # of every supervisor_error, in order
         self.fresh_failures = 0  # new sessions (after a failed resume) that failed too
         self._failed_resume: ResumeFault | None = None  # the last resume, if it failed
         self._apply(self.machine.start(self.now))
@@ -268,8 +269,9 @@ class World:
         elif turn is None:
             self.stray_frames.append(data)
         error = data.get("error")
-        if isinstance(error, dict) and error.get("code") == "session_lost":
-            self.sessions_lost += 1
+        if isinstance(error, dict):
+            self.error_codes.append(error.get("code"))
+            self.sessions_lost += error.get("code") == "session_lost"
 
     # --------------------------------------------------------- the model CLI
 
