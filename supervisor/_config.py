@@ -88,6 +88,9 @@ OPTIONS = (
            "append every cancel report to this file, one JSON object a line"),
     Option("max_line_bytes", "--max-line-bytes", _size,
            f"longest accepted line, in bytes (default {DEFAULT_MAX_LINE_BYTES})"),
+    Option("start_timeout", "--start-timeout", _seconds,
+           "seconds the CLI may stay silent after a turn is sent to it before the turn counts "
+           "as never started and is cancelled (default 60)"),
 )  # fmt: skip
 
 POLICY_FIELDS = {a.name for a in attrs.fields(EscalationPolicy)}

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import attrs
 
 from . import _protocol as protocol
-from ._args import resume_args
+from ._args import resume_args, without_session_flags
 from ._framing import Frame, FramingError
 from ._policy import EscalationPolicy
 from ._report import CancelPath, CancelReport, Step
@@ -233,6 +233,11 @@ class _Turn:
     id: int
     frame: Frame
     started: float | None = None  # when it was forwarded to the CLI
+    #: What is wrong with its content: such a turn is never forwarded; it gets its result
+    #: when it reaches the head of the queue, so results keep the order of the frames.
+    invalid: str | None = None
+    heard: bool = False  # the CLI wrote a frame since the turn was forwarded
+    not_started: bool = False  # cancelled because the CLI stayed silent (start_timeout)
 
 
 class Purpose(enum.Enum):
@@ -287,6 +292,8 @@ class SessionMachine:
         self._proven = False  # it wrote a frame: it started properly
         self._initialized = False  # this turn's system/init came (interrupts work from then)
         self._respawning = False  # spawned to resume; not ready until it answers
+        self._starting_fresh = False  # spawned without --resume after a resume failed
+        self._resume_errors: list[str] = []  # what a failing resumed CLI said in a result
         self._awaiting: set[str] = set()  # our control requests it has not answered
 
         # What a respawned CLI must be told again, by subtype (the latest of each).
@@ -302,7 +309,9 @@ class SessionMachine:
     @property
     def deadline(self) -> float | None:
         """When to feed `DeadlinePassed` if no other event comes first."""
-        return self._escalation.deadline if self._escalation else None
+        if self._escalation is not None:
+            return self._escalation.deadline
+        return self._start_deadline()
 
     @property
     def running_turn(self) -> int | None:
@@ -373,8 +382,13 @@ class SessionMachine:
         where = "claude= in the library, --claude or CLAUDE_SUPERVISOR_CLAUDE in the executable"
         if self._respawning:
             code = "respawn_failed"
+            what = (
+                "as a new session after the resume failed"
+                if self._starting_fresh
+                else f"to resume session {self.session_id}"
+            )
             message = (
-                f"cannot restart the Claude Code CLI to resume session {self.session_id}: "
+                f"cannot restart the Claude Code CLI {what}: "
                 f"{message}; reinstall it or point the supervisor at it ({where})"
             )
         else:
@@ -390,15 +404,8 @@ class SessionMachine:
         elif kind == "cancel_turn":
             self._on_cancel_turn_frame(frame, now, out)
         elif kind == "supersede_turn":
-            content = frame.data.get("content")
-            if not isinstance(content, str | list):
-                self._error(
-                    out,
-                    "invalid_supersede_turn",
-                    'supersede_turn needs "content": a string or a list of content blocks',
-                )
-                return
-            self._on_supersede(protocol.user_message(content), now, out)
+            # Checked like a user frame's content: a bad one gets its error and its result.
+            self._on_supersede(protocol.user_message(frame.data.get("content")), now, out)
         elif kind is not None and kind.startswith("supervisor_"):
             self._error(
                 out,
@@ -475,18 +482,30 @@ class SessionMachine:
             self._user_requests[request_id] = frame
         out.append(WriteToCli(frame))
 
-    def _enqueue(self, frame: Frame, out: list[Action], *, front: bool) -> None:
+    def _enqueue(self, frame: Frame, out: list[Action], *, front: bool) -> _Turn:
         turn = _Turn(self.next_turn_id, frame)
         self.next_turn_id += 1
         if self._failed is not None:
             out.append(Deliver(self._result("supervisor_failed", self._failed), turn.id))
-        elif self._closing is not None:
+            return turn
+        if self._closing is not None:
             closing = "the session is closing: no new turn can start"
             out.append(Deliver(self._result("cancelled", closing), turn.id))
-        elif front:
+            return turn
+        problem = protocol.user_frame_problem(frame)
+        if problem is not None:
+            # The real CLI neither answers nor fails on such content: forwarded, it would
+            # hold every turn behind it. Said at once; its result comes in its place.
+            turn.invalid = (
+                f"turn {turn.id} was not sent to the Claude Code CLI: {problem}; "
+                "fix the content and send the turn again"
+            )
+            out.append(Deliver(protocol.supervisor_error("invalid_content", turn.invalid), turn.id))
+        if front:
             self._queue.appendleft(turn)
         else:
             self._queue.append(turn)
+        return turn
 
     # ---------------------------------------------------------------- cancels
 
@@ -515,8 +534,9 @@ class SessionMachine:
             self._escalation.request_ids.append(request_id)
 
     def _on_supersede(self, frame: Frame, now: float, out: list[Action]) -> None:
-        self._enqueue(frame, out, front=True)
-        if self._running is not None and self._escalation is None:
+        turn = self._enqueue(frame, out, front=True)
+        # A supersede that cannot run must not cancel the turn it was meant to replace.
+        if turn.invalid is None and self._running is not None and self._escalation is None:
             self._begin_cancel(now, out)
 
     def _begin_cancel(self, now: float, out: list[Action], interrupt: Frame | None = None) -> None:
@@ -544,7 +564,10 @@ class SessionMachine:
 
     def _on_deadline(self, now: float, out: list[Action]) -> None:
         esc = self._escalation
-        if esc is None or esc.deadline is None or now < esc.deadline:
+        if esc is None:
+            self._on_start_timeout(now, out)
+            return
+        if esc.deadline is None or now < esc.deadline:
             return
         if esc.rung is Rung.RESPAWN:
             self._fail(
@@ -657,9 +680,17 @@ class SessionMachine:
                 self._send_interrupt(esc.pending_interrupt, now, out)
                 esc.pending_interrupt = None
         turn = self._running
+        if turn is not None and kind != "control_response":
+            turn.heard = True  # the CLI took the turn up: the start timeout is over
+        if kind == "result" and turn is None and self._respawning:
+            # The real CLI writes one when a --resume fails, before it exits: its errors
+            # explain the failure (see _on_exit), and it belongs to no turn.
+            errors = data.get("errors")
+            if isinstance(errors, list):
+                self._resume_errors += [str(e) for e in errors]
+            return
         if kind == "result" and turn is None:
-            # Not relayed as a result: a parent counts one result per turn. (The real CLI
-            # writes one when a --resume fails, before it exits.)
+            # Not relayed as a result: a parent counts one result per turn.
             self._error(
                 out,
                 "cli_unexpected_result",
@@ -711,7 +742,10 @@ class SessionMachine:
             self._step("tree_killed" if esc.rung is Rung.KILL else "exited", now)
         never_started = self._respawning or (not self._proven and purpose is None)
         if self._failed is None and purpose is not Purpose.CLOSE and never_started:
-            self._fail_to_start(event, now, out)
+            if self._respawning and not self._starting_fresh:
+                self._start_fresh(event, now, out)
+            else:
+                self._fail_to_start(event, now, out)
             return
         if self._running is not None:
             self._end_running_turn(event, purpose, now, out)
@@ -752,7 +786,14 @@ class SessionMachine:
         turn = self._running
         assert turn is not None
         self._running = None
-        if purpose is Purpose.CANCEL:
+        if purpose is Purpose.CANCEL and turn.not_started:
+            reason = "turn_not_started"
+            message = (
+                f"the Claude Code CLI wrote nothing for {self.policy.start_timeout:g} s after "
+                "this turn was sent to it, so the supervisor cancelled it (the turns behind "
+                "it run next): send it again"
+            )
+        elif purpose is Purpose.CANCEL:
             reason, message = "cancelled", "the turn was cancelled"
         elif purpose is Purpose.CLOSE:
             reason, message = "cancelled", "the session was closed during this turn"
@@ -766,8 +807,43 @@ class SessionMachine:
         duration = _ms(now - (turn.started or now))
         out.append(Deliver(self._result(reason, message, duration), turn.id))
 
+    def _start_fresh(self, event: CliExited, now: float, out: list[Action]) -> None:
+        """The resumed CLI failed: go on as a new CLI session, and say the history is lost.
+
+        A session the CLI cannot resume (`--no-session-persistence` keeps no transcript;
+        the transcript may have been deleted) would otherwise die at the first cancel that
+        has to restart the CLI. A new session keeps the user's next turns working; the
+        user is told what was lost so they can send the context again.
+        """
+        why = "; ".join(self._resume_errors) or event.stderr_tail.strip()[-500:]
+        self._resume_errors = []
+        lost = self.session_id
+        which = f"session {lost}" if lost else "the session"
+        message = (
+            f"the Claude Code CLI could not resume {which} "
+            f"({_describe_exit(event.returncode)}{'; it said: ' + why if why else ''}), so "
+            "the supervisor started it again as a new session: the conversation's history "
+            "is lost (the CLI no longer knows the earlier turns); send again whatever "
+            "context the next turns need"
+        )
+        if "--no-session-persistence" in self.args:
+            message += (
+                ". The session was started with --no-session-persistence, which keeps no "
+                "transcript to resume: drop that flag to keep the history across a cancel "
+                "that restarts the CLI"
+            )
+        self._error(out, "session_lost", message, session_id=lost)
+        self.session_id = None  # the new CLI says its own with its first turn
+        out.extend(self._spawn(without_session_flags(self.args), now, respawn=True, fresh=True))
+
     def _fail_to_start(self, event: CliExited, now: float, out: list[Action]) -> None:
-        if self._respawning:
+        said = event.stderr_tail.strip() or "; ".join(self._resume_errors)
+        self._resume_errors = []
+        if self._starting_fresh:
+            code = "resume_failed"
+            what = "the Claude Code CLI, started as a new session after the resume failed,"
+            advice = "check the CLI's arguments and its installation, then start a new session"
+        elif self._respawning:
             code, what = "resume_failed", "the resumed CLI"
             advice = "check that the session's transcript still exists, or start a new session"
         else:
@@ -775,22 +851,29 @@ class SessionMachine:
             advice = "check the CLI's path and arguments"
         message = (
             f"{what} exited ({_describe_exit(event.returncode)}) before it answered"
-            f"{_stderr_hint(event.stderr_tail)}; {advice}"
+            f"{_stderr_hint(said)}; {advice}"
         )
         self._fail(code, message, now, out)
 
     # -------------------------------------------------------------- spawning
 
-    def _spawn(self, args: Sequence[str], now: float, *, respawn: bool) -> list[Action]:
-        """Start a CLI; a respawned one must answer a control request before it is ready."""
+    def _spawn(
+        self, args: Sequence[str], now: float, *, respawn: bool, fresh: bool = False
+    ) -> list[Action]:
+        """Start a CLI; a respawned one must answer a control request before it is ready.
+
+        `fresh`: started without `--resume`, because resuming failed.
+        """
         out: list[Action] = [Spawn(tuple(args))]
         self._alive, self._proven, self._initialized = True, False, False
         self._respawning = respawn
+        self._starting_fresh = fresh
+        self._resume_errors = []  # only what this CLI says counts
         if respawn:
             esc = self._escalation
             assert esc is not None
             esc.deadline = now + self.policy.ready_timeout
-            self._step("respawned", now)
+            self._step("started_fresh" if fresh else "respawned", now)
             requests = [
                 protocol.with_request_id(frame, self._own_id("replay"))
                 for frame in self._session_requests.values()
@@ -819,14 +902,18 @@ class SessionMachine:
             else:
                 turns.append(item)
         self._queue = turns
-        if self._running is None and self._queue:
+        while self._running is None and self._queue:
             turn = self._queue.popleft()
             assert isinstance(turn, _Turn)
+            if turn.invalid is not None:  # its error was said when it came
+                out.append(Deliver(self._result("invalid_content", turn.invalid), turn.id))
+                continue
             turn.started = now
             self._running = turn
             self._initialized = False  # the CLI prints init at the start of every turn
             out.append(MarkTurnStart())
             out.append(WriteToCli(turn.frame))
+            break
         closing = self._closing
         if closing and not self._queue and (self._running is None or not closing.drain):
             self._escalation = _Escalation(
@@ -836,6 +923,32 @@ class SessionMachine:
                 deadline=now + self.policy.exit_timeout,
             )
             out.append(CloseCliInput())
+
+    def _start_deadline(self) -> float | None:
+        """When the running turn counts as never started, if the CLI stays silent."""
+        turn = self._running
+        if turn is None or turn.heard or turn.not_started or turn.started is None:
+            return None
+        return turn.started + self.policy.start_timeout
+
+    def _on_start_timeout(self, now: float, out: list[Action]) -> None:
+        """The CLI was sent a turn and wrote nothing since: a turn it will never start (the
+        real CLI does that with content it cannot read) must not hold the queue forever."""
+        deadline = self._start_deadline()
+        turn = self._running
+        if deadline is None or now < deadline or turn is None:
+            return
+        turn.not_started = True
+        self._error(
+            out,
+            "turn_not_started",
+            f"the Claude Code CLI wrote nothing for {self.policy.start_timeout:g} s after turn "
+            f"{turn.id} was sent to it (it starts a turn with system/init within about a "
+            "second); the supervisor cancels the turn so the turns behind it can run. Send it "
+            "again; if the CLI is just slow to start turns (many MCP servers?), raise "
+            "start_timeout (--start-timeout)",
+        )
+        self._begin_cancel(now, out)
 
     def _drop_queued(self, why: str, out: list[Action], reason: str = "cancelled") -> None:
         for item in [item for item in self._queue if isinstance(item, _Turn)]:

@@ -33,6 +33,11 @@ class EscalationPolicy:
     #: After a respawn, how long the resumed CLI may take to answer its first control
     #: request. Resuming a very large transcript can take minutes, hence the generous value.
     ready_timeout: float = attrs.field(default=60.0, converter=float, validator=_positive_finite)
+    #: After a turn is sent to the CLI, how long it may stay silent (not a single frame)
+    #: before the turn counts as never started and is cancelled through the ladder. The
+    #: real CLI prints `system/init` within about a second of a user frame; the margin is
+    #: for slow machines and for MCP servers the CLI starts with its first turn.
+    start_timeout: float = attrs.field(default=60.0, converter=float, validator=_positive_finite)
 
     #: How long SIGKILLed processes may take to disappear before the supervisor gives up
     #: on the tree (a process stuck in the kernel, e.g. on a dead NFS mount).

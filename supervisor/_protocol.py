@@ -77,7 +77,7 @@ def control_error(request_id: Any, message: str, error_code: str = "cli_did_not_
     )
 
 
-def user_message(content: str | list[Any]) -> Frame:
+def user_message(content: object) -> Frame:
     """A user turn, shaped as the official SDKs send it."""
     return Frame.from_data(
         {
@@ -179,3 +179,78 @@ def supervisor_cancel(
 def supervisor_error(code: str, message: str, **details: Any) -> Frame:
     error: dict[str, Any] = {"code": code, "message": message, **details}
     return Frame.from_data({"type": "system", "subtype": "supervisor_error", "error": error})
+
+
+#: The fields each known content block type cannot do without, and their JSON types.
+#: The Messages API refuses a block without them, and the real CLI (2.1.328) goes silent
+#: on some of them (a `text` whose `text` is not a string): it neither answers nor fails,
+#: and every turn behind that one would wait forever. Blocks of any other type pass
+#: unchecked when their `type` is a string, so a block type newer than this list still
+#: reaches the CLI.
+BLOCK_FIELDS: dict[str, tuple[tuple[str, type], ...]] = {
+    "text": (("text", str),),
+    "image": (("source", dict),),
+    "document": (("source", dict),),
+    "tool_result": (("tool_use_id", str),),
+    "tool_use": (("id", str), ("name", str), ("input", dict)),
+}
+
+_JSON_NAMES: dict[type, str] = {str: "a string", dict: "an object", list: "a list"}
+
+
+def content_problem(content: object) -> str | None:
+    """What is wrong with a user turn's `content`, or None when the CLI can take it.
+
+    Valid: a string, or a list (possibly empty) of content blocks, each an object with a
+    string `type` and, for the types in `BLOCK_FIELDS`, their required fields.
+    """
+    if isinstance(content, str):
+        return None
+    if not isinstance(content, list):
+        return f'"content" must be a string or a list of content blocks, not {_json_kind(content)}'
+    for index, block in enumerate(content):
+        if not isinstance(block, dict):
+            return (
+                f'content block {index} must be an object with a "type" '
+                f'(such as {{"type": "text", "text": "..."}}), not {_json_kind(block)}'
+            )
+        kind = block.get("type")
+        if not isinstance(kind, str):
+            return f'content block {index} needs a "type" that is a string, not {_json_kind(kind)}'
+        for name, expected in BLOCK_FIELDS.get(kind, ()):
+            if not isinstance(block.get(name), expected):
+                return (
+                    f'content block {index} of type "{kind}" needs "{name}": '
+                    f"{_JSON_NAMES[expected]}, not {_json_kind(block.get(name))}"
+                )
+    return None
+
+
+def user_frame_problem(frame: Frame) -> str | None:
+    """What is wrong with a `user` frame's message, or None when it can be forwarded."""
+    message = frame.data.get("message")
+    if not isinstance(message, dict):
+        return (
+            'a user frame needs "message": an object such as '
+            f'{{"role": "user", "content": "..."}}, not {_json_kind(message)}'
+        )
+    if "content" not in message:
+        return 'a user frame\'s "message" needs "content": a string or a list of content blocks'
+    return content_problem(message["content"])
+
+
+def _json_kind(value: object) -> str:
+    """How a JSON value reads in an error message: its type and a short preview."""
+    if value is None:
+        return "null (or missing)"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

@@ -24,7 +24,9 @@ class CancelReport:
 
     Step names, in the order they can happen: ``interrupt_sent``, ``interrupt_answered``,
     ``result``, ``sigint_sent``, ``exited``, ``kill_sent``, ``tree_killed``,
-    ``turn_processes_killed``, ``respawned``, ``ready``.
+    ``turn_processes_killed``, ``respawned``, ``ready``. When the resumed CLI fails,
+    ``exited`` and ``started_fresh`` (a new CLI session, the history lost) come before
+    ``ready``.
     """
 
     path: CancelPath

@@ -90,6 +90,9 @@ class Session:
         self.last_report: CancelReport | None = None
         self._closed = False
         self._failure: str | None = None  # why the session cannot go on, once it cannot
+        #: How many times the CLI could not resume the session and went on as a new one
+        #: (`session_lost`): the CLI forgot every turn before. See docs/library.md.
+        self.sessions_lost = 0
         self._driver = Driver(
             self._machine,
             claude,
@@ -121,12 +124,19 @@ class Session:
         return self._machine.running_turn is not None or bool(self._machine.queued_turns)
 
     async def send(self, content: Content) -> Turn:
-        """Queue a user turn; it starts when the turns before it have their results."""
-        return self._submit(m.FromUser(protocol.user_message(content)))
+        """Queue a user turn; it starts when the turns before it have their results.
+
+        Raises ValueError, and sends nothing, for content the CLI cannot read (neither a
+        string nor a list of content blocks; see docs/protocol.md).
+        """
+        return self._submit(m.FromUser(self._message(content)))
 
     async def supersede(self, content: Content) -> Turn:
-        """Cancel the running turn and start this one next, before any queued turn."""
-        return self._submit(m.Supersede(protocol.user_message(content)))
+        """Cancel the running turn and start this one next, before any queued turn.
+
+        Raises ValueError for content the CLI cannot read; the running turn goes on.
+        """
+        return self._submit(m.Supersede(self._message(content)))
 
     async def cancel(self, *, cancel_queued: bool = False) -> CancelReport | None:
         """Cancel the running turn through the ladder; None when no turn was running.
@@ -158,6 +168,14 @@ class Session:
         self._driver.dispatch(event)
         return turn
 
+    def _message(self, content: Content) -> Frame:
+        """A programming error is the caller's to see at once, not a turn to wait for."""
+        self._check_usable()
+        problem = protocol.content_problem(content)
+        if problem is not None:
+            raise ValueError(f"{problem}; nothing was sent")
+        return protocol.user_message(content)
+
     def _check_usable(self) -> None:
         if self._machine.finished and self._failure is not None:
             raise SessionFailedError(self._failure)
@@ -169,6 +187,8 @@ class Session:
             error = frame.data.get("error") or {}
             if isinstance(error, dict) and error.get("code") in _FATAL_CODES:
                 self._failure = str(error.get("message"))
+            if isinstance(error, dict) and error.get("code") == "session_lost":
+                self.sessions_lost += 1
             log.warning("supervisor: %s", frame.data.get("error"))
         turn = self._turns.get(turn_id) if turn_id is not None else None
         if turn is None:

@@ -5,8 +5,9 @@ h11 pairs two ends of a connection: the simulation carries out the machine's act
 (spawn, write, signal, kill), schedules what the modelled CLI would do and when, and
 feeds the results back as events. Faults are chosen per turn (ignore the interrupt,
 never answer it, ignore SIGINT, wedge, crash, leave stubborn or escaped processes) and
-per respawn (slow or failing resume). A test then checks the promises that must hold
-whatever happened.
+per respawn (slow or failing resume, and a failing new session after it). The user may
+also send content the CLI cannot read, and a turn may be one the CLI never starts. A
+test then checks the promises that must hold whatever happened.
 """
 
 from __future__ import annotations
@@ -41,12 +42,14 @@ class Behaviour:
     wedge: bool = False  # stops itself once the turn started
     crash: bool = False  # exits with code 3 mid-turn
     garbage: bool = False  # writes a line that is not a frame
+    silent: bool = False  # never starts the turn: writes nothing for it (unreadable content)
 
 
 @attrs.frozen
 class ResumeFault:
     delay: float = 0.2  # until the resumed CLI reads its input
     fails: bool = False  # the transcript cannot be resumed
+    fresh_fails: bool = False  # then the new session started instead cannot start either
 
 
 @attrs.define
@@ -82,7 +85,11 @@ class World:
 
     def __init__(self, policy: EscalationPolicy | None = None) -> None:
         self.policy = policy or EscalationPolicy(
-            interrupt_timeout=1.0, sigint_timeout=2.0, kill_timeout=0.5, ready_timeout=5.0
+            interrupt_timeout=1.0,
+            sigint_timeout=2.0,
+            kill_timeout=0.5,
+            ready_timeout=5.0,
+            start_timeout=5.0,
         )
         self.machine = m.SessionMachine(["-p"], self.policy)
         self.now = 0.0
@@ -106,6 +113,11 @@ class World:
         self.submitted: list[int] = []
         self.cancelled_turns: set[int] = set()
         self.user_interrupts: dict[str, int] = {}  # request id -> answers seen
+        self.malformed: set[int] = set()  # turns whose content the CLI cannot read
+        self.sessions_lost = 0
+        self.error_codes: list[Any] = []  # of every supervisor_error, in order
+        self.fresh_failures = 0  # new sessions (after a failed resume) that failed too
+        self._failed_resume: ResumeFault | None = None  # the last resume, if it failed
         self._apply(self.machine.start(self.now))
 
     # ------------------------------------------------------------ the user
@@ -126,6 +138,18 @@ class World:
         self.submitted.append(turn)
         self._note_cancel()
         self._feed(m.FromUser(Frame.from_data({"type": "supersede_turn", "content": f"t{turn}"})))
+        return turn
+
+    def send_malformed(self, content: Any, *, supersede: bool = False) -> int:
+        """A turn whose content the CLI cannot read: it must never reach the CLI."""
+        turn = self.machine.next_turn_id
+        self.submitted.append(turn)
+        self.malformed.add(turn)
+        if supersede:
+            frame = {"type": "supersede_turn", "content": content}
+        else:
+            frame = {"type": "user", "message": {"role": "user", "content": content}}
+        self._feed(m.FromUser(Frame.from_data(frame)))
         return turn
 
     def cancel(self, cancel_queued: bool = False) -> None:
@@ -209,8 +233,8 @@ class World:
     def _apply(self, actions: Iterable[m.Action]) -> None:
         for action in actions:
             match action:
-                case m.Spawn():
-                    self._spawn()
+                case m.Spawn(args):
+                    self._spawn(args)
                 case m.WriteToCli(frame):
                     self._cli_reads(frame)
                 case m.Deliver(frame, turn):
@@ -244,14 +268,22 @@ class World:
                 raise Violation(f"turn {turn} got two results: {self.results[turn]}")
         elif turn is None:
             self.stray_frames.append(data)
+        error = data.get("error")
+        if isinstance(error, dict):
+            self.error_codes.append(error.get("code"))
+            self.sessions_lost += error.get("code") == "session_lost"
 
     # --------------------------------------------------------- the model CLI
 
-    def _spawn(self) -> None:
-        resume = self.cli_count > 0
-        fault = (
-            (self.resume_faults.pop(0) if self.resume_faults else ResumeFault()) if resume else None
-        )
+    def _spawn(self, args: tuple[str, ...]) -> None:
+        fault: ResumeFault | None = None
+        if "--resume" in args:
+            fault = self.resume_faults.pop(0) if self.resume_faults else ResumeFault()
+            self._failed_resume = fault if fault.fails else None
+        elif self.cli_count > 0:  # a restart without --resume: a new session
+            failed, self._failed_resume = self._failed_resume, None
+            fault = ResumeFault(fails=failed is not None and failed.fresh_fails)
+            self.fresh_failures += fault.fails
         self.cli = SimCli(
             generation=next(self._generations),
             resume_fault=fault,
@@ -260,7 +292,11 @@ class World:
         self.cli_count += 1
         self._schedule(0.005, m.CliSpawned())
         if fault is not None and fault.fails:
-            self._schedule(fault.delay, m.CliExited(1, stderr_tail="No conversation found"))
+            # As the real CLI: a result that belongs to no turn, then exit 1.
+            no_conversation = "No conversation found"
+            failure = {"type": "result", "subtype": "error_during_execution", "is_error": True}
+            self._emit(fault.delay / 2, {**failure, "errors": [no_conversation]})
+            self._schedule(fault.delay, m.CliExited(1, stderr_tail=no_conversation))
             self.cli.exiting = True
 
     cli_count = 0
@@ -275,7 +311,10 @@ class World:
         delay = max(0.0, cli.reading_at - self.now)
         data = frame.data
         if data["type"] == "user":
-            turn = int(str(data["message"]["content"])[1:])
+            content = data["message"]["content"]
+            if not (isinstance(content, str) and content.startswith("t")):
+                raise Violation(f"content the CLI cannot read was forwarded: {content!r}")
+            turn = int(content[1:])
             if cli.running is not None:
                 raise Violation(f"turn {turn} was written while turn {cli.running} ran")
             self.forwarded.append(turn)
@@ -298,7 +337,7 @@ class World:
                     "response": {"subtype": "success", "request_id": request_id, "response": {}},
                 },
             )
-            if not cli.behaviour.ignore_interrupt:
+            if not (cli.behaviour.ignore_interrupt or cli.behaviour.silent):
                 self._end_turn(delay + 0.05, "error_during_execution", "aborted_tools")
             return
         answer = "success" if subtype in ("interrupt", "initialize", "set_model") else "error"
@@ -315,6 +354,8 @@ class World:
         assert cli is not None
         behaviour = self.behaviours.get(turn, Behaviour())
         cli.running, cli.behaviour = turn, behaviour
+        if behaviour.silent:
+            return  # nothing at all: no init, no tool, no result
         if behaviour.tool:
             self.processes.append(SimProcess(turn, stubborn=behaviour.stubborn))
         if behaviour.escapee:
@@ -342,6 +383,8 @@ class World:
         cli = self.cli
         if cli is None or cli.stopped or cli.exiting or cli.behaviour.ignore_sigint:
             return
+        if cli.running is not None and cli.behaviour.silent:
+            cli.running = None  # a turn it never started: it just exits
         if cli.running is not None:
             self._end_turn(0.01, "error_during_execution", "aborted_tools")
         self._schedule(0.3, m.CliExited(0))

@@ -61,7 +61,18 @@ def test_every_option_has_a_variable_named_after_its_flag() -> None:
         "CLAUDE_SUPERVISOR_READY_TIMEOUT",
         "CLAUDE_SUPERVISOR_REPORT_FILE",
         "CLAUDE_SUPERVISOR_MAX_LINE_BYTES",
+        "CLAUDE_SUPERVISOR_START_TIMEOUT",
     }
+
+
+def test_start_timeout_from_flag_or_environment() -> None:
+    assert parse_invocation(["--"], "x", {}).config.policy.start_timeout == 60
+    env = {"CLAUDE_SUPERVISOR_START_TIMEOUT": "45"}
+    assert parse_invocation(["--"], "x", env).config.policy.start_timeout == 45
+    inv = parse_invocation(["--start-timeout", "5", "--"], "x", env)
+    assert inv.config.policy.start_timeout == 5
+    with pytest.raises(ConfigError, match="--start-timeout: must be a positive"):
+        parse_invocation(["--start-timeout", "0", "--"], "x", {})
 
 
 @pytest.mark.parametrize(

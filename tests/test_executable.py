@@ -169,10 +169,48 @@ async def test_bad_input_gets_errors_and_changes_nothing(wrapper: Wrapper) -> No
         "invalid_utf8",
         "invalid_frame",
         "unknown_supervisor_frame",
-        "invalid_supersede_turn",
+        "invalid_content",
     ]
+    # The bad supersede_turn was a turn: it gets its result, then the next turn runs.
+    assert (await wrapper.expect(is_result))["terminal_reason"] == "invalid_content"
     await wrapper.send(user("fine"))
-    assert (await wrapper.expect(is_result))["subtype"] == "success"
+    assert (await wrapper.expect(is_result))["fake_history"] == ["fine"]
+
+
+async def test_malformed_content_gets_one_error_and_one_result_and_the_queue_goes_on(
+    wrapper: Wrapper,
+) -> None:
+    bad = [
+        user(123),  # type: ignore[arg-type]
+        {"type": "supersede_turn", "content": [1, 2, 3]},
+        {"type": "supersede_turn", "content": [{"type": "text"}]},
+        {"type": "supersede_turn", "content": ["s"]},
+        {"type": "supersede_turn", "content": [None]},
+    ]
+    await wrapper.send(*bad, user("good"))
+    results = await wrapper.results(len(bad) + 1)
+    assert [r["terminal_reason"] for r in results] == ["invalid_content"] * len(bad) + ["completed"]
+    assert results[-1]["fake_history"] == ["good"]  # nothing bad reached the CLI
+    errors = [f for f in wrapper.frames if is_system("supervisor_error")(f)]
+    assert [e["error"]["code"] for e in errors] == ["invalid_content"] * len(bad)
+    assert all("content" in e["error"]["message"] for e in errors)
+
+
+async def test_a_turn_the_cli_never_starts_is_cancelled_after_start_timeout(
+    fake_claude: Path, home: Path
+) -> None:
+    w = await Wrapper.start(supervisor_argv(fake_claude, "--start-timeout", "3"))
+    try:
+        await w.send(user("[[fake: silent]]"), user("behind"))
+        error = await w.expect(is_system("supervisor_error"))
+        assert error["error"]["code"] == "turn_not_started"
+        first, second = await w.results(2)
+        assert first["terminal_reason"] == "turn_not_started" and first["is_error"] is True
+        assert second["fake_history"] == ["behind"]
+        await w.close_stdin()
+        assert await w.wait() == 0
+    finally:
+        await w.kill()
 
 
 async def test_stdin_eof_finishes_the_turn_then_exits_with_the_clis_code(

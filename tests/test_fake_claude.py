@@ -291,6 +291,19 @@ def test_control_requests(fakes: FakeFactory) -> None:
     fake.assert_no_more_output()  # an idle interrupt does nothing else
 
 
+def test_a_silent_turn_never_starts_but_control_requests_are_answered(
+    fakes: FakeFactory,
+) -> None:
+    fake = fakes()
+    fake.user("[[fake: silent]]")
+    fake.control("interrupt", "r-i")
+    answer = fake.next_frame()  # the very first frame: the turn wrote nothing
+    assert answer["type"] == "control_response" and answer["response"]["request_id"] == "r-i"
+    fake.proc.send_signal(signal.SIGINT)
+    assert fake.wait() == 0
+    fake.assert_no_more_output()
+
+
 def test_frames_during_a_turn_merge_into_one_turn(fakes: FakeFactory) -> None:
     fake = fakes()
     fake.user("first [[fake: stream=0.5]]")
@@ -525,7 +538,24 @@ def test_resume_of_unknown_session_fails(fakes: FakeFactory) -> None:
     fake = fakes("--resume", "no-such-session")
     assert fake.wait() == 1  # without waiting for stdin to close
     assert "No conversation found with session ID: no-such-session" in fake.stderr()
+    failure = fake.next_frame()  # the real CLI writes this result before it exits
+    assert failure["type"] == "result" and failure["is_error"] is True
+    assert failure["errors"] == ["No conversation found with session ID: no-such-session"]
     fake.assert_no_more_output()
+
+
+def test_no_session_persistence_leaves_nothing_to_resume(
+    fakes: FakeFactory, config_dir: Path
+) -> None:
+    first = fakes("--session-id", "s-np", "--no-session-persistence")
+    first.user("one")
+    assert first.result()["subtype"] == "success"
+    first.close_stdin()
+    assert first.wait() == 0
+    assert not (config_dir / "fake-sessions" / "s-np.jsonl").exists()
+    again = fakes("--resume", "s-np")
+    assert again.wait() == 1
+    assert "No conversation found with session ID: s-np" in again.stderr()
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])

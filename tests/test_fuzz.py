@@ -175,18 +175,40 @@ def test_wrong_field_types_in_supervisor_frames_get_a_clear_error(
     valid = _valid(kind, fields)
     assert bool(errors) != valid
     if errors:
-        assert errors[0]["error"]["code"] == f"invalid_{kind}"
+        code = "invalid_content" if kind == "supersede_turn" else "invalid_cancel_turn"
+        assert errors[0]["error"]["code"] == code
         assert h.machine.running_turn == 1 and not h.machine.cancelling
 
 
 def _valid(kind: str, fields: dict[str, Any]) -> bool:
     if kind == "supersede_turn":
-        return isinstance(fields.get("content"), str | list)
+        return _readable(fields.get("content"))
     request_id = fields.get("request_id")
     return (
         (request_id is None or isinstance(request_id, str | int))
         and not isinstance(request_id, bool)
         and isinstance(fields.get("cancel_queued", False), bool)
+    )
+
+
+#: What docs/protocol.md ("Content the CLI cannot read") promises, written out again.
+_REQUIRED: dict[str, dict[str, type]] = {
+    "text": {"text": str},
+    "image": {"source": dict},
+    "document": {"source": dict},
+    "tool_result": {"tool_use_id": str},
+    "tool_use": {"id": str, "name": str, "input": dict},
+}
+
+
+def _readable(content: Any) -> bool:
+    if isinstance(content, str):
+        return True
+    return isinstance(content, list) and all(
+        isinstance(block, dict)
+        and isinstance(block.get("type"), str)
+        and all(isinstance(block.get(k), t) for k, t in _REQUIRED.get(block["type"], {}).items())
+        for block in content
     )
 
 

@@ -179,17 +179,19 @@ def test_crash_mid_turn_gets_a_result_and_a_respawn_without_a_report() -> None:
     assert h.written(actions) == [user("next").data]
 
 
-def test_failed_resume_is_a_clear_error_and_no_turn_waits_forever() -> None:
+def test_failed_resume_and_failed_fresh_start_is_a_clear_error_and_no_turn_waits_forever() -> None:
     h = Harness()
     running(h)
     h.user(user("queued"))
     h.feed(m.Cancel())
     h.expire()
     h.feed(m.CliExited(0))
-    actions = h.feed(m.CliExited(1, stderr_tail="No conversation found"))
+    h.feed(m.CliExited(1, stderr_tail="No conversation found"))  # the resume: a fresh start
+    actions = h.feed(m.CliExited(1, stderr_tail="Error: no API key"))
     errors = [d for d, _ in h.delivered(actions) if d.get("subtype") == "supervisor_error"]
     assert errors[0]["error"]["code"] == "resume_failed"
-    assert "No conversation found" in errors[0]["error"]["message"]
+    assert "new session" in errors[0]["error"]["message"]
+    assert "no API key" in errors[0]["error"]["message"]
     assert m.Finished(1) in actions
     assert set(h.results_by_turn()) == {1, 2}
     late = h.user(user("after"))
@@ -239,13 +241,14 @@ def test_a_cancel_ended_by_a_failed_resume_still_gets_its_notice() -> None:
     h.user(frame(type="cancel_turn", request_id="c1"))
     h.expire()
     h.feed(m.CliExited(0))
-    actions = h.feed(m.CliExited(1, stderr_tail="No conversation found"))
+    h.feed(m.CliExited(1, stderr_tail="No conversation found"))
+    actions = h.feed(m.CliExited(1, stderr_tail="still broken"))
     notices = [d for d, _ in h.delivered(actions) if d.get("subtype") == "supervisor_cancel"]
     assert notices == [
         {
             "type": "system",
             "subtype": "supervisor_cancel",
-            "session_id": SID,
+            "session_id": None,  # the old one is lost, the new CLI never said its own
             "report": None,
             "request_ids": ["c1"],
         }
@@ -387,6 +390,7 @@ def test_bad_supervisor_frames_are_reported_and_change_nothing() -> None:
         frame(type="cancel_turn", request_id={"x": 1}),
         frame(type="cancel_turn", cancel_queued="yes"),
         frame(type="supersede_turn", content=42),
+        frame(type="supersede_turn"),
         frame(type="supervisor_pause"),
     ):
         actions = h.user(bad)
@@ -394,6 +398,10 @@ def test_bad_supervisor_frames_are_reported_and_change_nothing() -> None:
         assert error["subtype"] == "supervisor_error"
         assert not any(isinstance(a, m.WriteToCli) for a in actions)
     assert h.machine.running_turn == 1 and not h.machine.cancelling
+    # The two bad supersedes were turns: each gets its result once turn 1 has its own.
+    h.cli(result())
+    results = h.results_by_turn()
+    assert [r["terminal_reason"] for r in results[3] + results[2]] == ["invalid_content"] * 2
 
 
 def test_resume_args_replace_session_flags() -> None:
@@ -410,3 +418,206 @@ def test_policy_rejects_nonsense() -> None:
     for bad in (0, -1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="interrupt_timeout"):
             EscalationPolicy(interrupt_timeout=bad)
+
+
+# ------------------------------------------------ a session that cannot be resumed
+
+
+def lose_the_session(h: Harness) -> list[m.Action]:
+    """A cancel that kills the CLI, then a resume that fails as the real CLI's does."""
+    h.feed(m.Cancel())
+    h.expire()
+    h.feed(m.CliExited(0))
+    no_conversation = f"No conversation found with session ID: {SID}"
+    failure = result(subtype="error_during_execution", is_error=True, errors=[no_conversation])
+    assert h.delivered(h.cli(failure)) == []  # no turn's result, no noise
+    return h.feed(m.CliExited(1, stderr_tail=no_conversation))
+
+
+def test_a_session_that_cannot_be_resumed_goes_on_as_a_new_one() -> None:
+    args = (*ARGS, "--no-session-persistence", "--session-id", "old-id")
+    h = Harness(args=args)
+    running(h)
+    h.user(user("queued"))
+    actions = lose_the_session(h)
+    [(error, _)] = [(d, t) for d, t in h.delivered(actions) if d.get("type") == "system"]
+    assert error["error"]["code"] == "session_lost"
+    assert error["error"]["session_id"] == SID
+    message = error["error"]["message"]
+    assert "history is lost" in message and "No conversation found" in message
+    assert "--no-session-persistence" in message
+    [spawn] = [a for a in actions if isinstance(a, m.Spawn)]
+    assert spawn.args == (*ARGS, "--no-session-persistence")  # no --resume, no old id
+    assert m.Finished(1) not in actions
+    actions = h.answer_probe()
+    report = h.report(actions)
+    assert report.respawned is True
+    assert [s.name for s in report.steps][-4:] == ["respawned", "exited", "started_fresh", "ready"]
+    assert h.written(actions) == [user("queued").data]  # the next turn runs
+    h.cli(frame(type="system", subtype="init", session_id="new-session"))
+    h.cli(result(session_id="new-session"))
+    assert h.results_by_turn()[2][0]["subtype"] == "success"
+    assert h.machine.session_id == "new-session"
+
+
+def test_a_crash_of_an_unresumable_session_goes_on_as_a_new_one_every_time() -> None:
+    h = Harness()
+    for attempt in range(2):
+        running(h, f"turn {attempt}")
+        h.feed(m.CliExited(3))  # a crash: the supervisor resumes on its own
+        actions = h.feed(m.CliExited(1, stderr_tail="No conversation found"))
+        codes = [d["error"]["code"] for d, _ in h.delivered(actions) if "error" in d]
+        assert codes == ["session_lost"]
+        h.answer_probe()
+        assert h.machine.ready
+    assert not h.machine.finished
+
+
+def test_a_fresh_start_that_fails_too_ends_the_session() -> None:
+    h = Harness()
+    running(h)
+    h.user(user("queued"))
+    lose_the_session(h)
+    actions = h.feed(m.CliExited(1, stderr_tail="Error: bad flag"))
+    codes = [d["error"]["code"] for d, _ in h.delivered(actions) if "error" in d]
+    assert "resume_failed" in codes
+    assert m.Finished(1) in actions
+    assert {turn: len(rs) for turn, rs in h.results_by_turn().items()} == {1: 1, 2: 1}
+
+
+# ----------------------------------------------------------- malformed content
+
+MALFORMED = [
+    123,
+    None,
+    {"type": "text", "text": "not in a list"},
+    [1, 2, 3],
+    ["s"],
+    [None],
+    [{"type": "text"}],
+    [{"type": "text", "text": 5}],
+    [{"text": "no type"}],
+    [{"type": 7}],
+    [{"type": "image"}],
+    [{"type": "tool_result", "content": "x"}],
+]
+
+
+def test_malformed_content_gets_an_error_and_a_result_and_is_never_forwarded() -> None:
+    for content in MALFORMED:
+        h = Harness()
+        actions = h.user(frame(type="user", message={"role": "user", "content": content}))
+        assert h.written(actions) == [], content
+        [(error, error_turn), (synth, result_turn)] = h.delivered(actions)
+        assert error["error"]["code"] == "invalid_content"
+        assert "content" in error["error"]["message"]
+        assert synth["type"] == "result" and synth["terminal_reason"] == "invalid_content"
+        assert synth["is_error"] is True and error_turn == result_turn == 1
+        assert h.written(h.user(user("good"))) == [user("good").data], content
+
+
+def test_user_frames_without_a_message_are_refused_too() -> None:
+    for bad in (
+        frame(type="user"),
+        frame(type="user", message="hi"),
+        frame(type="user", message={"role": "user"}),
+    ):
+        h = Harness()
+        actions = h.user(bad)
+        assert h.written(actions) == []
+        assert [d.get("type") for d, _ in h.delivered(actions)] == ["system", "result"]
+
+
+def test_content_the_cli_answers_is_forwarded_unchanged() -> None:
+    for content in (
+        "",
+        [],
+        [{"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}],
+        [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": ""}}],
+        [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "done"}],
+        [{"type": "a_block_type_from_the_future", "anything": [1]}],
+    ):
+        h = Harness()
+        good = frame(type="user", message={"role": "user", "content": content})
+        assert h.written(h.user(good)) == [good.data], content
+
+
+def test_a_malformed_turn_waits_its_place_so_results_keep_the_frames_order() -> None:
+    h = Harness()
+    running(h, "first")
+    actions = h.user(frame(type="user", message={"role": "user", "content": [None]}))
+    assert [d["error"]["code"] for d, _ in h.delivered(actions)] == ["invalid_content"]
+    assert h.results_by_turn() == {}  # said at once, but its result comes in its place
+    h.user(user("third"))
+    actions = h.cli(result(result="r1"))
+    assert [(d["type"], t) for d, t in h.delivered(actions)] == [("result", 1), ("result", 2)]
+    assert h.written(actions) == [user("third").data]
+
+
+def test_a_malformed_supersede_does_not_cancel_the_running_turn() -> None:
+    for content in ([1, 2, 3], [{"type": "text"}], ["s"], [None]):
+        h = Harness()
+        running(h)
+        actions = h.user(frame(type="supersede_turn", content=content))
+        assert h.written(actions) == [] and not h.machine.cancelling
+        assert [d["error"]["code"] for d, _ in h.delivered(actions)] == ["invalid_content"]
+        h.user(user("queued"))
+        actions = h.cli(result())
+        assert h.results_by_turn()[2][0]["terminal_reason"] == "invalid_content"
+        assert h.written(actions) == [user("queued").data]
+
+
+# ------------------------------------------------------- a turn never started
+
+
+def test_a_turn_the_cli_never_starts_is_cancelled_after_start_timeout() -> None:
+    h = Harness(EscalationPolicy(start_timeout=30, interrupt_timeout=1, sigint_timeout=2))
+    h.user(user("silently swallowed"))
+    h.user(user("behind it"))
+    set_model = frame(type="control_request", request_id="m1", request={"subtype": "set_model"})
+    h.user(set_model)
+    h.cli(response("m1"))  # the CLI answers control requests: that does not start a turn
+    assert h.machine.deadline == 30
+    actions = h.expire()
+    [(error, turn)] = h.delivered(actions)
+    assert error["error"]["code"] == "turn_not_started" and turn == 1
+    assert "start_timeout" in error["error"]["message"]
+    assert h.written(actions) == []  # the interrupt waits for an init that never comes
+    assert m.SignalCli(signal.SIGINT) in h.expire()
+    actions = h.feed(m.CliExited(0), after=1)
+    [synth] = h.results_by_turn()[1]
+    assert synth["terminal_reason"] == "turn_not_started"
+    assert "send it again" in synth["result"]
+    actions = h.answer_probe()
+    assert h.written(actions) == [user("behind it").data]  # the queue goes on
+    assert h.reports()[-1] is not None
+
+
+def test_any_frame_from_the_cli_means_the_turn_started() -> None:
+    h = Harness(EscalationPolicy(start_timeout=30))
+    h.user(user("hi"))
+    assert h.machine.deadline == 30
+    h.cli(init())
+    assert h.machine.deadline is None
+    h.feed(m.DeadlinePassed(), after=100)
+    assert h.machine.running_turn == 1 and not h.machine.cancelling
+
+
+def test_the_start_timeout_runs_from_when_the_turn_was_sent() -> None:
+    h = Harness(EscalationPolicy(start_timeout=30))
+    running(h, "first")
+    h.user(user("second"))
+    h.feed(m.FromCli(result()), after=50)
+    assert h.machine.deadline == 80
+
+
+def test_a_new_session_that_cannot_be_run_says_so() -> None:
+    h = Harness()
+    running(h)
+    h.feed(m.CliExited(3))
+    h.feed(m.CliExited(1, stderr_tail="No conversation found"))
+    actions = h.feed(m.SpawnFailed("cannot run 'claude': No such file or directory"))
+    [error] = [d for d, _ in h.delivered(actions) if d.get("type") == "system"]
+    assert error["error"]["code"] == "respawn_failed"
+    assert "as a new session" in error["error"]["message"]
+    assert m.Finished(1) in actions

@@ -5,10 +5,13 @@ control requests and waits, with a fault drawn for every turn and every respawn 
 tests/sim_cli.py). Whatever happens, the promises must hold:
 
 * every user turn gets exactly one result, and every interrupt exactly one answer;
+* content the CLI cannot read never reaches it, and gets its own `invalid_content` result;
+* a turn the CLI never starts does not hold the queue (start_timeout);
 * no turn is forwarded twice or while another runs (nothing merged, duplicated, lost);
 * when a cancel ends, no process of the cancelled turn is alive;
 * every cancel ends within the policy's deadlines plus a bounded respawn;
-* unless a resume failed, the session answers the next turn.
+* unless a resume failed and so did the new session started instead, the session answers
+  the next turn.
 
 The profile (`HYPOTHESIS_PROFILE`) sets how many sequences run: `ci` (the default) a
 few hundred, `long` many thousands, on demand.
@@ -47,12 +50,19 @@ behaviours = st.builds(
     wedge=st.booleans(),
     crash=st.sampled_from([False] * 4 + [True]),
     garbage=st.booleans(),
+    silent=st.sampled_from([False] * 5 + [True]),
 )
 resume_faults = st.builds(
     ResumeFault,
     delay=st.floats(0.01, MAX_RESUME_DELAY),
-    fails=st.sampled_from([False] * 6 + [True]),
+    fails=st.sampled_from([False] * 4 + [True]),
+    fresh_fails=st.sampled_from([False] * 3 + [True]),
 )
+#: Content the real CLI neither answers nor fails on (and a few more shapes it cannot read).
+malformed_content = st.sampled_from(
+    [123, None, [1, 2, 3], ["s"], [None], [{"type": "text"}], [{"type": "text", "text": 5}],
+     {"type": "text", "text": "x"}, [{"type": 1}], [{"type": "image"}]]
+)  # fmt: skip
 
 
 class SupervisedSession(RuleBasedStateMachine):
@@ -77,6 +87,11 @@ class SupervisedSession(RuleBasedStateMachine):
     @rule(behaviour=behaviours)
     def supersede(self, behaviour: Behaviour) -> None:
         self.world.supersede(behaviour)
+
+    @precondition(_open)
+    @rule(content=malformed_content, supersede=st.booleans())
+    def send_malformed(self, content: object, supersede: bool) -> None:
+        self.world.send_malformed(content, supersede=supersede)
 
     @precondition(_open)
     @rule(cancel_queued=st.booleans())
@@ -134,6 +149,9 @@ class SupervisedSession(RuleBasedStateMachine):
     def teardown(self) -> None:
         world = self.world
         world.settle()
+        stuck = world.machine.running_turn
+        if stuck is not None:  # one the CLI never started ends by itself (start_timeout)
+            assert not world.behaviours.get(stuck, Behaviour()).silent, f"turn {stuck} hangs"
         # A wedged turn never ends by itself: the user cancels what is stuck.
         for _ in range(len(world.submitted) + 1):
             if world.machine.finished or world.machine.running_turn is None:
@@ -142,11 +160,18 @@ class SupervisedSession(RuleBasedStateMachine):
             world.settle()
         missing = [t for t in world.submitted if len(world.results.get(t, [])) != 1]
         assert not missing, f"turns without exactly one result: {missing}"
+        for turn in world.malformed:
+            reason = world.results[turn][0]["terminal_reason"]
+            assert reason in ("invalid_content", "supervisor_failed", "cancelled"), reason
         unanswered = [r for r, n in world.user_interrupts.items() if n != 1]
         assert not unanswered, f"interrupts not answered exactly once: {unanswered}"
         assert len(world.forwarded) == len(set(world.forwarded)), "a turn was forwarded twice"
         if world.machine.finished:
-            assert world.finished == 1  # only a failed resume ends a session here
+            assert world.finished == 1
+            # Only a failed resume followed by a failed new session ends a session here,
+            # or a first CLI that died before its first frame (a respawn would repeat it).
+            if "cli_not_started" not in world.error_codes:
+                assert world.fresh_failures > 0, "the session ended, yet a new one could start"
             return
         # The session must still work: a well-behaved turn gets a successful result.
         turn = world.send(Behaviour(duration=0.1))

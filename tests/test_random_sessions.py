@@ -4,8 +4,9 @@ Where tests/test_properties.py runs thousands of sequences against a model of th
 this runs fewer, slower ones against the real thing: the wrapper over pipes, the fake
 CLI misbehaving as each turn's directives say, real tool processes (deep trees, `setsid`
 escapees, children ignoring SIGTERM, fork-and-exit chains), SIGINTs to the wrapper,
-cancels and supersedes at random moments. Afterwards: every user frame got exactly one
-result, nothing was merged, every cancel ended within its deadlines, no tool process
+cancels and supersedes at random moments, turns the CLI never starts, and content it
+cannot read. Afterwards: every user frame got exactly one result, nothing was merged,
+nothing unreadable was forwarded, every cancel ended within its deadlines, no tool process
 survived, and the wrapper exits 0 at end of input. `HYPOTHESIS_PROFILE=long` runs many more.
 """
 
@@ -41,17 +42,25 @@ directives = st.sampled_from(
         "stream=30",
         "crash",
         "garbage",
+        "silent",
     ]
 )
+#: Content the real CLI neither answers nor fails on: the wrapper must never forward it.
+malformed = st.sampled_from([123, [1, 2, 3], [{"type": "text"}], ["s"], [None]])
 steps = st.one_of(
     st.tuples(st.just("send"), directives),
     st.tuples(st.just("supersede"), directives),
+    st.tuples(st.just("malformed"), malformed),
+    st.tuples(st.just("malformed supersede"), malformed),
     st.tuples(st.just("cancel"), st.booleans()),
     st.tuples(st.just("sigint"), st.none()),
     st.tuples(st.just("pause"), st.sampled_from([0.05, 0.3, 1.0])),
 )
 
-FLAGS = ["--interrupt-timeout", "0.3", "--sigint-timeout", "1", "--kill-timeout", "0.3"]
+FLAGS = [
+    "--interrupt-timeout", "0.3", "--sigint-timeout", "1", "--kill-timeout", "0.3",
+    "--start-timeout", "3",
+]  # fmt: skip
 #: A cancel must end within the ladder's deadlines plus a generous respawn allowance.
 CANCEL_BOUND_MS = (0.3 + 1 + 0.3 + 5 + 10) * 1000
 
@@ -77,6 +86,12 @@ class Session:
             text = f"turn {self.sent} [[fake: {arg}]]" if arg else f"turn {self.sent}"
             frame = user(text) if kind == "send" else {"type": "supersede_turn", "content": text}
             await w.send(frame)
+        elif kind.startswith("malformed"):
+            self.sent += 1
+            if kind == "malformed":
+                await w.send({"type": "user", "message": {"role": "user", "content": arg}})
+            else:
+                await w.send({"type": "supersede_turn", "content": arg})
         elif kind == "cancel":
             await w.send({"type": "cancel_turn", "cancel_queued": arg})
         elif kind == "sigint":
@@ -122,6 +137,8 @@ async def test_random_sessions_keep_every_promise(
         texts = [r["fake_history"][-1] for r in results if "fake_history" in r]
         assert not any("\n" in t for t in texts), "turns were merged"
         assert len(texts) == len(set(texts)), "a turn ran twice"
+        # The fake reads unreadable content as "": none of it may have reached the CLI.
+        assert all(t.startswith("turn ") for r in results for t in r.get("fake_history", []))
         for frame in wrapper.frames:
             if frame.get("subtype") == "supervisor_cancel" and frame["report"]:
                 assert frame["report"]["total_ms"] < CANCEL_BOUND_MS, frame

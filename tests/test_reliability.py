@@ -358,9 +358,10 @@ async def test_a_transcript_that_cannot_be_resumed(fake_claude: Path, home: Path
             transcript.unlink()
         queued = await session.send("queued")
         await session.cancel()
+        # The session goes on as a new one, and says the history is lost.
         result = await queued.result()
-        assert result["terminal_reason"] == "supervisor_failed"
-        assert "No conversation found" in result["result"]
+        assert result["subtype"] == "success" and result["fake_history"] == ["queued"]
+        assert session.sessions_lost == 1
 
 
 @pytest.fixture
@@ -384,8 +385,9 @@ async def test_a_full_disk_for_the_transcript(fake_claude: Path, tiny_home: Path
         await tool_running(turn)
         await session.cancel()
         assert (await turn.result())["is_error"] is True
-        with pytest.raises(supervisor.SessionFailedError, match="No conversation found"):
-            await session.send("more")
+        # Nothing could be written, so nothing could be resumed: a new session goes on.
+        assert session.sessions_lost == 1
+        assert (await (await session.send("more")).result())["subtype"] == "success"
 
 
 async def test_a_session_outlives_the_thread_that_spawned_its_cli(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import attrs
 import psutil
 import pytest
 import trio
@@ -204,19 +205,76 @@ async def test_slow_start(fake_claude: Path, home: Path, monkeypatch: pytest.Mon
         assert (await (await s.send("hi")).result())["subtype"] == "success"
 
 
-async def test_failed_resume_is_a_clear_error(
-    fake_claude: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+async def test_a_session_that_cannot_be_resumed_goes_on_as_a_new_one(
+    fake_claude: Path, home: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("FAKE_CLAUDE_FAIL_RESUME", "1")
-    async with open_session(ARGS, claude=fake_claude, policy=FAST) as s:
+    args = [*ARGS, "--no-session-persistence"]  # the fake, like the real CLI, keeps no transcript
+    async with open_session(args, claude=fake_claude, policy=FAST) as s:
+        first = await (await s.send("remember this")).result()
         turn = await s.send("[[fake: tool=60, wedge]]")
         await tool_running(turn)
         queued = await s.send("queued")
-        await s.cancel()
+        report = await s.cancel()
+        assert report is not None and report.path == "kill" and report.respawned
+        assert report.step_ms("started_fresh") is not None
         assert (await turn.result())["is_error"] is True
-        assert "No conversation found" in (await queued.result())["result"]
-        with pytest.raises(supervisor.SessionFailedError, match="resume"):
+        after = await queued.result()
+        assert after["subtype"] == "success"
+        assert after["fake_history"] == ["queued"]  # a new session: the history is gone
+        assert after["session_id"] != first["session_id"]
+        assert s.sessions_lost == 1
+        assert "history is lost" in caplog.text and "No conversation found" in caplog.text
+        assert (await (await s.send("more")).result())["fake_history"] == ["queued", "more"]
+
+
+async def test_when_the_new_session_cannot_start_either_the_session_fails(
+    fake_claude: Path, home: Path
+) -> None:
+    async with open_session(
+        [*ARGS, "--no-session-persistence"], claude=fake_claude, policy=FAST
+    ) as s:
+        turn = await s.send("[[fake: tool=60, wedge]]")
+        await tool_running(turn)
+        # From now on the CLI cannot start at all, resumed or not.
+        await trio.Path(fake_claude).write_text(
+            '#!/bin/sh\necho "Error: a broken install" >&2\nexit 1\n'
+        )
+        queued = await s.send("queued")
+        assert await s.cancel() is None  # the session failed instead of coming back
+        result = await queued.result()
+        assert result["terminal_reason"] == "supervisor_failed"
+        assert "a broken install" in result["result"]
+        with pytest.raises(supervisor.SessionFailedError, match="new session"):
             await s.send("more")
+
+
+async def test_content_the_cli_cannot_read_is_refused_at_once(session: Session) -> None:
+    running = await session.send("[[fake: tool=2]]")
+    await tool_running(running)
+    for bad in (123, [1, 2, 3], [{"type": "text"}], ["s"], [None], {"type": "text", "text": "x"}):
+        with pytest.raises(ValueError, match="content"):
+            await session.send(cast(Any, bad))
+        with pytest.raises(ValueError, match="nothing was sent"):
+            await session.supersede(cast(Any, bad))
+    assert (await running.result())["subtype"] == "success"  # no supersede cancelled it
+    assert session.last_report is None
+    after = await (await session.send([{"type": "future_block", "x": 1}])).result()
+    assert after["fake_history"] == ["[[fake: tool=2]]", ""]  # unknown block types pass
+
+
+async def test_a_turn_the_cli_never_starts_does_not_hold_the_queue(
+    fake_claude: Path, home: Path
+) -> None:
+    policy = attrs.evolve(FAST, start_timeout=3.0)
+    async with open_session(ARGS, claude=fake_claude, policy=policy) as s:
+        stuck = await s.send("[[fake: silent]]")
+        behind = await s.send("behind")
+        frames = [f async for f in stuck]
+        [error] = [f for f in frames if f.get("subtype") == "supervisor_error"]
+        assert error["error"]["code"] == "turn_not_started"
+        assert frames[-1]["terminal_reason"] == "turn_not_started"
+        assert (await behind.result())["subtype"] == "success"
+        assert s.last_report is not None and s.last_report.respawned
 
 
 async def test_cli_that_does_not_exist(home: Path, tmp_path: Path) -> None:

@@ -29,8 +29,12 @@ arguments (a prompt) are ignored.
     made of letters, digits, ``.``, ``_`` and ``-``; otherwise the fake exits 1.
 ``--resume ID`` (or ``-r ID``)
     Restore the session's transcript and keep its id. If there is no
-    transcript for ID, print ``No conversation found with session ID: ID`` to
-    stderr and exit 1 without reading stdin, like the real CLI.
+    transcript for ID, write the real CLI's error ``result`` (``"num_turns": 0``,
+    ``"errors": ["No conversation found with session ID: ID"]``) on stdout,
+    print ``No conversation found with session ID: ID`` to stderr and exit 1
+    without reading stdin, like the real CLI.
+``--no-session-persistence``
+    Write no transcript, like the real CLI: the session cannot be resumed.
 
 Fake-only options (a flag wins over its environment variable):
 
@@ -159,6 +163,10 @@ true/false, yes/no, on/off), so a message can switch off an env directive.
     The assistant text is exactly BYTES characters long (one huge line).
 ``garbage``
     Write the non-JSON line ``this is not json {`` before the result.
+``silent``
+    Never start the turn: write nothing for it at all (no init, no result) and
+    record nothing, as the real CLI does with content it cannot read. Control
+    requests are still answered, an interrupt does nothing, SIGINT exits.
 
 ``escapee``, ``stubborn``, ``deep`` and ``forkchain`` only matter together
 with ``tool``.
@@ -232,6 +240,7 @@ class Directives:
     crash: bool = False
     huge: int | None = None
     garbage: bool = False
+    silent: bool = False
 
 
 def _flag_value(raw: str | None) -> bool:
@@ -280,6 +289,7 @@ _CONVERTERS: Final[Mapping[str, Callable[[str | None], object]]] = {
     "crash": _flag_value,
     "huge": _count_value,
     "garbage": _flag_value,
+    "silent": _flag_value,
 }
 assert set(_CONVERTERS) == {f.name for f in fields(Directives)}
 
@@ -385,6 +395,7 @@ _BOOL_FLAGS: Final = frozenset(
         "--dangerously-skip-permissions",
         "--strict-mcp-config",
         "--fake-fail-resume",
+        "--no-session-persistence",
     }
 )
 
@@ -398,6 +409,7 @@ class Options:
     start_delay: float = 0.0
     resume_delay: float = 0.0
     fail_resume: bool = False
+    persist: bool = True  # False with --no-session-persistence: no transcript
     sigint_exit_delay: float = DEFAULT_SIGINT_EXIT_DELAY
     directives: Directives = field(default_factory=Directives)
 
@@ -474,6 +486,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> Options:
             flags, "--fake-resume-delay", env, "FAKE_CLAUDE_RESUME_DELAY", 0.0
         ),
         fail_resume=fail_resume,
+        persist="--no-session-persistence" not in flags,
         sigint_exit_delay=_seconds_option(
             flags,
             "--fake-sigint-exit-delay",
@@ -492,8 +505,9 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> Options:
 class Transcript:
     """The on-disk history of one session, which is what makes --resume work."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, persist: bool = True) -> None:
         self.path = path
+        self.persist = persist
 
     @classmethod
     def for_session(cls, session_id: str, env: Mapping[str, str]) -> Transcript:
@@ -528,6 +542,8 @@ class Transcript:
 
     def _append(self, entry: dict[str, Any]) -> None:
         """Durably: a kill right after a frame must not lose it."""
+        if not self.persist:
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as file:
@@ -1062,6 +1078,11 @@ class FakeClaude:
 
     def run_turn(self, text: str) -> Outcome:
         """Play one turn, misbehaving as its directives say."""
+        directives = directives_for_text(text, self.options.directives)
+        if directives.silent:
+            # Only SIGINT ends this wait: the interrupt is answered and ignored.
+            self.wait(None, replace(directives, ignore_interrupt=True, ignore_sigint=False))
+            return Outcome.SIGINT
         self.history.append(text)
         self.transcript.record_user(text)
         turn = Turn(
@@ -1221,7 +1242,9 @@ def open_session(
             return None
         return session_id, history, transcript
     session_id = options.session_id or _new_uuid()
-    return session_id, [], Transcript.for_session(session_id, env)
+    transcript = Transcript.for_session(session_id, env)
+    transcript.persist = options.persist
+    return session_id, [], transcript
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -1243,7 +1266,23 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
     session = open_session(options, env)
     if session is None:
-        print(f"No conversation found with session ID: {options.resume}", file=sys.stderr)
+        error = f"No conversation found with session ID: {options.resume}"
+        Output().frame(
+            {
+                "type": "result",
+                "subtype": "error_during_execution",
+                "is_error": True,
+                "duration_ms": 0,
+                "duration_api_ms": 0,
+                "num_turns": 0,
+                "session_id": options.resume,
+                "total_cost_usd": 0,
+                "usage": {"input_tokens": 0, "output_tokens": 0},
+                "errors": [error],
+                "uuid": _new_uuid(),
+            }
+        )
+        print(error, file=sys.stderr)
         sys.stderr.flush()
         return 1
     session_id, history, transcript = session

@@ -147,3 +147,61 @@ async def test_sigint_rung_through_the_wrapper(
     finally:
         await w.close_stdin()
         await w.wait(30)
+
+
+async def test_a_session_without_persistence_survives_a_kill_as_a_new_one(
+    claude_cli: Path, cli_env: dict[str, str], workdir: Path, api: FakeMessagesAPI
+) -> None:
+    """`--no-session-persistence` keeps no transcript: the resume after the kill fails, and
+    the session goes on as a new CLI session, saying the history was lost."""
+    args = [*ARGS, "--no-session-persistence"]
+    argv = ["--claude", str(claude_cli), *FAST_FLAGS, "--sigint-timeout", "4", "--", *args]
+    w = await Wrapper.start(argv, env=cli_env, cwd=workdir)
+    try:
+        await w.send(user("remember the first turn"))
+        first = await w.expect(is_result, timeout=60)
+        await w.send(user(long_tool(workdir / "started")))
+        await wait_for_file(workdir / "started")
+        the_cli(w).send_signal(signal.SIGSTOP)
+        await w.send({"type": "cancel_turn"})
+        cancelled = await w.expect(is_result, timeout=60)
+        assert cancelled["terminal_reason"] == "cancelled"
+        lost = await w.expect(is_system("supervisor_error"), timeout=60)
+        assert lost["error"]["code"] == "session_lost"
+        assert lost["error"]["session_id"] == first["session_id"]
+        assert "history is lost" in lost["error"]["message"]
+        assert "No conversation found" in lost["error"]["message"]
+        assert "--no-session-persistence" in lost["error"]["message"]
+        report = (await w.expect(is_system("supervisor_cancel"), timeout=60))["report"]
+        assert report["path"] == "kill" and report["respawned"] is True
+        await w.send(user("after"))
+        after = await w.expect(is_result, timeout=60)
+        assert after["is_error"] is False and after["result"].endswith("to: after")
+        assert after["session_id"] != first["session_id"]
+        assert typed_user_texts(api.requests[-1]) == ["after"]  # a new conversation
+        await w.close_stdin()
+        assert await w.wait(30) == 0
+    finally:
+        await w.kill()
+
+
+async def test_unreadable_content_is_answered_and_never_reaches_the_cli(
+    wrapper: Wrapper, workdir: Path, api: FakeMessagesAPI
+) -> None:
+    """The real CLI neither answers nor fails on such content: forwarded, it would hold
+    every turn behind it."""
+    await wrapper.send(user(long_tool(workdir / "started", seconds=2)))
+    await wait_for_file(workdir / "started")
+    await wrapper.send(
+        user(123),  # type: ignore[arg-type]
+        {"type": "supersede_turn", "content": [None]},
+        user("good"),
+    )
+    results = await wrapper.results(4, timeout=60)
+    reasons = [r.get("terminal_reason") for r in results]
+    # The supersede with bad content cancelled nothing; its result comes in its place.
+    assert reasons == ["completed", "invalid_content", "invalid_content", "completed"]
+    assert results[-1]["result"].endswith("to: good")
+    errors = [f for f in wrapper.frames if is_system("supervisor_error")(f)]
+    assert [e["error"]["code"] for e in errors] == ["invalid_content", "invalid_content"]
+    assert typed_user_texts(api.requests[-1])[-1] == "good"
