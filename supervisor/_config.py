@@ -88,6 +88,15 @@ OPTIONS = (
            "append every cancel report to this file, one JSON object a line"),
     Option("max_line_bytes", "--max-line-bytes", _size,
            f"longest accepted line, in bytes (default {DEFAULT_MAX_LINE_BYTES})"),
+    Option("interrupt_ack_timeout", "--interrupt-ack-timeout", _seconds,
+           "seconds the CLI may take to acknowledge the in-band interrupt before the "
+           "ladder skips SIGINT and kills the tree (default 0.5)"),
+    Option("stall_timeout", "--stall-timeout", _seconds,
+           "cancel the running turn when the CLI writes nothing for this many seconds "
+           "while no tool call runs (default: off)"),
+    Option("turn_timeout", "--turn-timeout", _seconds,
+           "cancel a turn that runs longer than this many seconds, tools included "
+           "(default: off)"),
 )  # fmt: skip
 
 POLICY_FIELDS = {a.name for a in attrs.fields(EscalationPolicy)}
