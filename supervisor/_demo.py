@@ -4,7 +4,8 @@ With no `--claude`, it runs the bundled fake CLI (no account, no network), told 
 directives in each message how to misbehave. With `--claude PATH` it runs a real CLI
 (which needs its account or API settings in the environment) and provokes the same
 rungs from outside: a deadline shorter than the CLI's answer for SIGINT, and SIGSTOP
-for a wedged CLI.
+for a wedged CLI. The wedged CLI shows the adaptive ladder: a stopped CLI can act on
+neither the interrupt nor SIGINT, so the supervisor kills it at once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import psutil
 import trio
 
 from ._errors import SupervisorError
@@ -65,7 +67,8 @@ def _timeline(report: CancelReport | None) -> None:
         _say("    nothing was running")
         return
     _say(
-        f"    ended by: {report.path}   total: {report.total_ms:.0f} ms   "
+        f"    ended by: {report.path}   trigger: {report.trigger}   "
+        f"total: {report.total_ms:.0f} ms   "
         f"respawned: {'yes' if report.respawned else 'no'}   "
         f"processes killed: {report.processes_killed}"
     )
@@ -97,12 +100,20 @@ async def _cancel_scene(session: Session, text: str, *, wedge: bool = False) -> 
     await _until_tool_runs(turn)
     if wedge and session.cli_pid is not None:
         os.kill(session.cli_pid, signal.SIGSTOP)
+        await _until_stopped(session.cli_pid)
         _say("    (the CLI is stopped with SIGSTOP: it answers nothing, SIGINT does nothing)")
     _say("    cancel!")
     report = await session.cancel()
     result = await turn.result()
     _say(f"    <- {_summary(result)}")
     _timeline(report)
+
+
+async def _until_stopped(pid: int) -> None:
+    """SIGSTOP takes effect asynchronously; the scene is about a CLI already stopped."""
+    with trio.move_on_after(2):
+        while psutil.Process(pid).status() != psutil.STATUS_STOPPED:
+            await trio.sleep(0.005)
 
 
 def _scene(title: str) -> None:
@@ -157,7 +168,10 @@ async def _script(session: Session, fake: bool) -> None:
     if fake:
         _scene("3. cancel, the CLI ignores the interrupt: SIGINT, then respawn with --resume")
         await _cancel_scene(session, ignores)
-    _scene("4. cancel, the CLI is wedged: SIGINT does nothing, the tree is killed, respawn")
+    _scene(
+        "4. cancel, the CLI is stopped: it can act on neither the interrupt nor SIGINT, so "
+        "the ladder skips SIGINT and kills the tree at once, then respawns"
+    )
     await _cancel_scene(session, wedged, wedge=not fake)
     _scene("5. the session goes on, with its history")
     await _turn(session, "What did I ask you first?")

@@ -26,3 +26,6 @@ async def test_the_demo_runs_every_rung_on_the_real_cli(
     assert done.returncode == 0, out
     for rung in ("ended by: interrupt", "ended by: sigint", "ended by: kill"):
         assert rung in out, out
+    # The stopped CLI took the adaptive path: straight from the interrupt to the kill.
+    wedged = out[out.index("== 4.") : out.index("== 5.")]
+    assert "cli_stopped" in wedged and "sigint_sent" not in wedged, wedged
