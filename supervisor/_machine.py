@@ -643,10 +643,12 @@ class SessionMachine:
         if (
             esc.rung is Rung.INTERRUPT
             and esc.purpose is Purpose.CANCEL
+            and esc.interrupt_sent_at is not None
+            and not esc.acknowledged
             and now < esc.started + self.policy.interrupt_timeout
         ):
-            # Only the acknowledgement's deadline passed: nothing answers, skip SIGINT.
-            esc.pending_interrupt = None
+            # Only the acknowledgement's deadline passed: the CLI's event loop is not
+            # running, and SIGINT is handled there too. Skip it.
             self._kill(now, out)
             return
         self._climb(NEXT_RUNG[esc.rung], now, out)
@@ -921,12 +923,13 @@ class SessionMachine:
         if trigger == "stall":
             return (
                 f"the turn was cancelled: the Claude Code CLI wrote nothing for "
-                f"{self.policy.stall_timeout:g} s while no tool was running (stall_timeout)"
+                f"{self.policy.stall_timeout:g} s while no tool was running "
+                "(stall_timeout, --stall-timeout)"
             )
         if trigger == "turn_timeout":
             return (
-                f"the turn was cancelled: it ran longer than the turn timeout "
-                f"({self.policy.turn_timeout:g} s, turn_timeout)"
+                f"the turn was cancelled: it ran longer than its limit of "
+                f"{self.policy.turn_timeout:g} s (turn_timeout, --turn-timeout)"
             )
         return "the turn was cancelled"
 

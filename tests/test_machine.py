@@ -570,7 +570,7 @@ def test_the_turn_timeout_ends_a_turn_even_while_a_tool_runs() -> None:
     h.expire()  # the result never came: SIGINT
     actions = h.feed(m.CliExited(0), after=1)
     [synth] = [d for d, _ in h.delivered(actions) if d.get("type") == "result"]
-    assert "turn timeout" in synth["result"] and "60 s" in synth["result"]
+    assert "turn_timeout" in synth["result"] and "60 s" in synth["result"]
     report = h.report(h.answer_probe())
     assert report.trigger == "turn_timeout" and report.path == "sigint"
 
