@@ -91,6 +91,15 @@ OPTIONS = (
     Option("start_timeout", "--start-timeout", _seconds,
            "seconds the CLI may stay silent after a turn is sent to it before the turn counts "
            "as never started and is cancelled (default 60)"),
+    Option("interrupt_ack_timeout", "--interrupt-ack-timeout", _seconds,
+           "seconds the CLI may take to acknowledge the in-band interrupt before the "
+           "ladder skips SIGINT and kills the tree (default 0.5)"),
+    Option("stall_timeout", "--stall-timeout", _seconds,
+           "cancel the running turn when the CLI writes nothing for this many seconds "
+           "while no tool call runs (default: off)"),
+    Option("turn_timeout", "--turn-timeout", _seconds,
+           "cancel a turn that runs longer than this many seconds, tools included "
+           "(default: off)"),
 )  # fmt: skip
 
 POLICY_FIELDS = {a.name for a in attrs.fields(EscalationPolicy)}

@@ -4,7 +4,8 @@ With no `--claude`, it runs the bundled fake CLI (no account, no network), told 
 directives in each message how to misbehave. With `--claude PATH` it runs a real CLI
 (which needs its account or API settings in the environment) and provokes the same
 rungs from outside: a deadline shorter than the CLI's answer for SIGINT, and SIGSTOP
-for a wedged CLI.
+for a wedged CLI. The wedged CLI shows the adaptive ladder: a stopped CLI can act on
+neither the interrupt nor SIGINT, so the supervisor kills it at once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import psutil
 import trio
 
 from ._errors import SupervisorError
@@ -114,7 +116,8 @@ def _timeline(report: CancelReport | None, killed: str) -> None:
         _say("    nothing was running")
         return
     _say(
-        f"    ended by: {report.path}   total: {report.total_ms:.0f} ms   "
+        f"    ended by: {report.path}   trigger: {report.trigger}   "
+        f"total: {report.total_ms:.0f} ms   "
         f"respawned: {'yes' if report.respawned else 'no'}   "
         f"processes killed: {report.processes_killed}"
     )
@@ -157,12 +160,20 @@ async def _cancel_scene(
     await _until_tool_runs(turn)
     if wedge and session.cli_pid is not None:
         os.kill(session.cli_pid, signal.SIGSTOP)
+        await _until_stopped(session.cli_pid)
         _say("    (the CLI is stopped with SIGSTOP: it answers nothing, SIGINT does nothing)")
     _say("    cancel!")
     report = await session.cancel()
     result = await turn.result()
     _say(f"    <- {_summary(result)}")
     _timeline(report, killed)
+
+
+async def _until_stopped(pid: int) -> None:
+    """SIGSTOP takes effect asynchronously; the scene is about a CLI already stopped."""
+    with trio.move_on_after(2):
+        while psutil.Process(pid).status() != psutil.STATUS_STOPPED:
+            await trio.sleep(0.005)
 
 
 def _scene(title: str, why: str) -> None:
@@ -236,8 +247,9 @@ async def _script(session: Session, fake: bool) -> None:
         )
         await _cancel_scene(session, ignores)
     _scene(
-        "4. cancel, the CLI is wedged: SIGINT does nothing, the tree is killed, respawn",
-        "This CLI is stopped (SIGSTOP), like a hung one: only killing its whole tree ends it.",
+        "4. cancel, the CLI is stopped: the ladder skips SIGINT and kills the tree at once",
+        "This CLI is stopped (SIGSTOP), like a hung one: it can act on neither the interrupt "
+        "nor SIGINT, so only killing its whole tree ends it; then it is respawned.",
     )
     await _cancel_scene(session, wedged, wedge=not fake, killed=wedged_killed)
     _scene(

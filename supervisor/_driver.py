@@ -6,8 +6,11 @@ No action blocks: writes are queued to the CLI's writer task, kills run in their
 tasks and come back as events. So the machine sees events in the order they happened,
 and a library call such as `send()` knows its turn's id when it returns.
 
-The only timer is one task whose cancel scope's deadline is kept equal to the
-machine's `deadline`, so moving a deadline costs nothing.
+The only timer is one task whose cancel scope's deadline is never later than the
+machine's `deadline`. It is moved only when the machine's deadline comes sooner; a
+deadline that moved later (the stall watchdog's, with every frame the CLI writes) just
+wakes the timer early once, which then waits for the new one. So the per-frame path
+costs a comparison, not a timer reset.
 """
 
 from __future__ import annotations
@@ -88,7 +91,9 @@ class Driver:
     def _perform(self, actions: Sequence[m.Action]) -> None:
         for action in actions:
             self._perform_one(action)
-        self._timer.deadline = self._deadline()
+        deadline = self._deadline()
+        if deadline < self._timer.deadline:
+            self._timer.deadline = deadline
 
     def _perform_one(self, action: m.Action) -> None:
         process = self._process
@@ -118,6 +123,10 @@ class Driver:
                     self._nursery.start_soon(self._kill_turn_processes, process)
             case m.CancelDone(report):
                 self._cancel_done(report)
+            case m.CheckCliStopped():
+                if process is not None:
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._check_stopped, process)
             case m.Finished(exit_code):
                 self.exit_code = exit_code
                 self.first_spawn.set()
@@ -138,3 +147,9 @@ class Driver:
     async def _kill_turn_processes(self, process: CliProcess) -> None:
         count = await process.kill_turn_processes()
         self.dispatch(m.TurnProcessesKilled(count))
+
+    async def _check_stopped(self, process: CliProcess) -> None:
+        # A task of its own, so the event comes after the actions of the cancel that
+        # asked; only about the CLI that was asked about.
+        if process is self._process and process.is_stopped():
+            self.dispatch(m.CliStopped())

@@ -32,7 +32,7 @@ from . import _protocol as protocol
 from ._args import resume_args, without_session_flags
 from ._framing import Frame, FramingError
 from ._policy import EscalationPolicy
-from ._report import CancelPath, CancelReport, Step
+from ._report import CancelPath, CancelReport, CancelTrigger, Step
 
 # ----------------------------------------------------------------------------- events
 
@@ -50,6 +50,7 @@ class Cancel:
 
     request_id: Any = None
     cancel_queued: bool = False
+    trigger: CancelTrigger = "request"
 
 
 @attrs.frozen
@@ -105,6 +106,15 @@ class DeadlinePassed:
 
 
 @attrs.frozen
+class CliStopped:
+    """The answer to `CheckCliStopped` when the CLI is stopped (SIGSTOP, a debugger).
+
+    A stopped CLI acts on nothing: not the interrupt, not SIGINT, so the ladder skips to
+    the kill rung. Only the driver can look at the process, hence an event.
+    """
+
+
+@attrs.frozen
 class BadLine:
     """A line that was not a frame, from the CLI (`"cli"`) or from the user (`"user"`)."""
 
@@ -124,6 +134,7 @@ Event = (
     | TurnProcessesKilled
     | DeadlinePassed
     | BadLine
+    | CliStopped
 )
 
 # ---------------------------------------------------------------------------- actions
@@ -191,6 +202,11 @@ class Finished:
     exit_code: int
 
 
+@attrs.frozen
+class CheckCliStopped:
+    """Look whether the CLI process is stopped; answer `CliStopped` if it is, else nothing."""
+
+
 Action = (
     Spawn
     | WriteToCli
@@ -202,6 +218,7 @@ Action = (
     | Deliver
     | CancelDone
     | Finished
+    | CheckCliStopped
 )
 
 # ---------------------------------------------------------------------------- state
@@ -238,6 +255,10 @@ class _Turn:
     invalid: str | None = None
     heard: bool = False  # the CLI wrote a frame since the turn was forwarded
     not_started: bool = False  # cancelled because the CLI stayed silent (start_timeout)
+    #: For the stall watchdog: when the CLI last wrote during this turn, and the tool
+    #: calls (`tool_use` ids) it announced whose `tool_result` has not come yet.
+    last_output: float | None = None
+    tools: set[str] = attrs.Factory(set)
 
 
 class Purpose(enum.Enum):
@@ -263,6 +284,9 @@ class _Escalation:
     #: An interrupt held until the CLI's init: one sent before it is ignored by the CLI.
     pending_interrupt: Frame | None = None
     request_ids: list[Any] = attrs.Factory(list)
+    trigger: CancelTrigger = "request"
+    interrupt_sent_at: float | None = None
+    acknowledged: bool = False  # the CLI answered the interrupt: it is alive
 
 
 class SessionMachine:
@@ -311,7 +335,7 @@ class SessionMachine:
         """When to feed `DeadlinePassed` if no other event comes first."""
         if self._escalation is not None:
             return self._escalation.deadline
-        return self._start_deadline()
+        return _earliest(self._start_deadline(), self._watchdog_deadline())
 
     @property
     def running_turn(self) -> int | None:
@@ -344,8 +368,8 @@ class SessionMachine:
         match event:
             case FromUser(frame):
                 self._on_user_frame(frame, now, out)
-            case Cancel(request_id, cancel_queued):
-                self._on_cancel(request_id, cancel_queued, now, out)
+            case Cancel(request_id, cancel_queued, trigger):
+                self._on_cancel(request_id, cancel_queued, now, out, trigger)
             case Supersede(frame):
                 self._on_supersede(frame, now, out)
             case EndOfInput():
@@ -367,6 +391,8 @@ class SessionMachine:
                 self._on_deadline(now, out)
             case BadLine(source, error):
                 self._on_bad_line(source, error, out)
+            case CliStopped():
+                self._on_cli_stopped(now, out)
         self._pump(now, out)
         return out
 
@@ -510,7 +536,12 @@ class SessionMachine:
     # ---------------------------------------------------------------- cancels
 
     def _on_cancel(
-        self, request_id: Any, cancel_queued: bool, now: float, out: list[Action]
+        self,
+        request_id: Any,
+        cancel_queued: bool,
+        now: float,
+        out: list[Action],
+        trigger: CancelTrigger = "request",
     ) -> None:
         if cancel_queued:
             self._drop_queued("cancelled before it started", out)
@@ -523,13 +554,16 @@ class SessionMachine:
             out.append(
                 Deliver(
                     protocol.supervisor_cancel(
-                        None, self.session_id, [] if request_id is None else [request_id]
+                        None,
+                        self.session_id,
+                        [] if request_id is None else [request_id],
+                        trigger=trigger,
                     ),
                     None,
                 )
             )
             return
-        self._begin_cancel(now, out)
+        self._begin_cancel(now, out, trigger=trigger)
         if request_id is not None and self._escalation is not None:
             self._escalation.request_ids.append(request_id)
 
@@ -537,17 +571,29 @@ class SessionMachine:
         turn = self._enqueue(frame, out, front=True)
         # A supersede that cannot run must not cancel the turn it was meant to replace.
         if turn.invalid is None and self._running is not None and self._escalation is None:
-            self._begin_cancel(now, out)
+            self._begin_cancel(now, out, trigger="supersede")
 
-    def _begin_cancel(self, now: float, out: list[Action], interrupt: Frame | None = None) -> None:
-        """First rung: the in-band interrupt (sent once the CLI can act on it)."""
+    def _begin_cancel(
+        self,
+        now: float,
+        out: list[Action],
+        interrupt: Frame | None = None,
+        trigger: CancelTrigger = "request",
+    ) -> None:
+        """First rung: the in-band interrupt (sent once the CLI can act on it).
+
+        The driver is asked at once whether the CLI is stopped: if it is, the interrupt
+        and SIGINT cannot work and the ladder goes straight to the kill (`CliStopped`).
+        """
         esc = _Escalation(
             purpose=Purpose.CANCEL,
             started=now,
             rung=Rung.INTERRUPT,
             deadline=now + self.policy.interrupt_timeout,
+            trigger=trigger,
         )
         self._escalation = esc
+        out.append(CheckCliStopped())
         if interrupt is None:
             interrupt = protocol.control_request(self._own_id("interrupt"), "interrupt")
         esc.interrupt_id = interrupt.data.get("request_id")
@@ -561,11 +607,37 @@ class SessionMachine:
     def _send_interrupt(self, interrupt: Frame, now: float, out: list[Action]) -> None:
         out.append(WriteToCli(interrupt))
         self._step("interrupt_sent", now)
+        esc = self._escalation
+        if esc is not None and esc.rung is Rung.INTERRUPT:
+            esc.interrupt_sent_at = now
+            esc.deadline = self._interrupt_deadline(esc)
+
+    def _interrupt_deadline(self, esc: _Escalation) -> float:
+        """The interrupt rung's deadline: its result's, or sooner its acknowledgement's.
+
+        A live CLI acknowledges the interrupt within milliseconds; one that does not has
+        an event loop that cannot run, and SIGINT is handled on that same loop.
+        """
+        deadline = esc.started + self.policy.interrupt_timeout
+        if esc.interrupt_sent_at is not None and not esc.acknowledged:
+            deadline = min(deadline, esc.interrupt_sent_at + self.policy.interrupt_ack_timeout)
+        return deadline
+
+    def _on_cli_stopped(self, now: float, out: list[Action]) -> None:
+        esc = self._escalation
+        if esc is None or esc.purpose is not Purpose.CANCEL:
+            return
+        if esc.rung is Rung.INTERRUPT or esc.rung is Rung.SIGINT:
+            self._step("cli_stopped", now)
+            esc.pending_interrupt = None  # never sent: it must not reach the next CLI
+            self._kill(now, out)
 
     def _on_deadline(self, now: float, out: list[Action]) -> None:
         esc = self._escalation
         if esc is None:
             self._on_start_timeout(now, out)
+            if self._escalation is None:
+                self._check_watchdog(now, out)
             return
         if esc.deadline is None or now < esc.deadline:
             return
@@ -587,6 +659,17 @@ class SessionMachine:
                 now,
                 out,
             )
+            return
+        if (
+            esc.rung is Rung.INTERRUPT
+            and esc.purpose is Purpose.CANCEL
+            and esc.interrupt_sent_at is not None
+            and not esc.acknowledged
+            and now < esc.started + self.policy.interrupt_timeout
+        ):
+            # Only the acknowledgement's deadline passed: the CLI's event loop is not
+            # running, and SIGINT is handled there too. Skip it.
+            self._kill(now, out)
             return
         self._climb(NEXT_RUNG[esc.rung], now, out)
 
@@ -635,11 +718,13 @@ class SessionMachine:
             respawned=respawned,
             session_id=self.session_id,
             processes_killed=esc.killed,
+            trigger=esc.trigger,
         )
         out.append(CancelDone(report))
-        out.append(
-            Deliver(protocol.supervisor_cancel(report, self.session_id, esc.request_ids), None)
+        notice = protocol.supervisor_cancel(
+            report, self.session_id, esc.request_ids, trigger=esc.trigger
         )
+        out.append(Deliver(notice, None))
 
     def _answer_pending(self, out: list[Action], failure: str | None = None) -> None:
         """The user's control requests still open get their answer from the supervisor.
@@ -665,6 +750,8 @@ class SessionMachine:
 
     def _on_cli_frame(self, frame: Frame, now: float, out: list[Action]) -> None:
         self._proven = True
+        if self._running is not None:
+            self._note_output(self._running, frame, now)
         data = frame.data
         session_id = data.get("session_id")
         if isinstance(session_id, str) and session_id:
@@ -718,6 +805,9 @@ class SessionMachine:
         esc = self._escalation
         if esc is not None and request_id == esc.interrupt_id and request_id is not None:
             self._step("interrupt_answered", now)
+            esc.acknowledged = True
+            if esc.rung is Rung.INTERRUPT:
+                esc.deadline = self._interrupt_deadline(esc)
         if isinstance(request_id, str) and request_id in self._awaiting:
             self._awaiting.discard(request_id)
             if not self._awaiting:
@@ -794,7 +884,7 @@ class SessionMachine:
                 "it run next): send it again"
             )
         elif purpose is Purpose.CANCEL:
-            reason, message = "cancelled", "the turn was cancelled"
+            reason, message = "cancelled", self._cancelled_message()
         elif purpose is Purpose.CLOSE:
             reason, message = "cancelled", "the session was closed during this turn"
         else:
@@ -854,6 +944,67 @@ class SessionMachine:
             f"{_stderr_hint(said)}; {advice}"
         )
         self._fail(code, message, now, out)
+
+    # -------------------------------------------------------------- the watchdog
+
+    def _note_output(self, turn: _Turn, frame: Frame, now: float) -> None:
+        """The stall clock restarts with every frame; a tool call pauses it until its result.
+
+        This runs for every frame of a turn, so it only records: the deadline is
+        computed when asked for, and the tool bookkeeping runs only when the stall
+        watchdog is on (and then only for `assistant` and `user` frames).
+        """
+        turn.last_output = now
+        if self.policy.stall_timeout is None:
+            return
+        kind = frame.type
+        if kind == "assistant":
+            turn.tools.update(_block_ids(frame, "tool_use", "id"))
+        elif kind == "user" and turn.tools:
+            turn.tools.difference_update(_block_ids(frame, "tool_result", "tool_use_id"))
+
+    def _watchdog_deadline(self) -> float | None:
+        """When the running turn is cancelled by the watchdog, if nothing happens first."""
+        turn = self._running
+        if turn is None or turn.started is None:
+            return None
+        policy = self.policy
+        deadline: float | None = None
+        if policy.turn_timeout is not None:
+            deadline = turn.started + policy.turn_timeout
+        if policy.stall_timeout is not None and not turn.tools:
+            since = turn.last_output if turn.last_output is not None else turn.started
+            stall = since + policy.stall_timeout
+            deadline = stall if deadline is None else min(deadline, stall)
+        return deadline
+
+    def _check_watchdog(self, now: float, out: list[Action]) -> None:
+        deadline = self._watchdog_deadline()
+        turn = self._running
+        if deadline is None or now < deadline or turn is None or turn.started is None:
+            return
+        timeout = self.policy.turn_timeout
+        trigger: CancelTrigger = (
+            "turn_timeout" if timeout is not None and now >= turn.started + timeout else "stall"
+        )
+        self._begin_cancel(now, out, trigger=trigger)
+
+    def _cancelled_message(self) -> str:
+        """What a cancelled turn's synthesized result says: which limit ended it, if any."""
+        esc = self._escalation
+        trigger = esc.trigger if esc is not None else "request"
+        if trigger == "stall":
+            return (
+                f"the turn was cancelled: the Claude Code CLI wrote nothing for "
+                f"{self.policy.stall_timeout:g} s while no tool was running "
+                "(stall_timeout, --stall-timeout)"
+            )
+        if trigger == "turn_timeout":
+            return (
+                f"the turn was cancelled: it ran longer than its limit of "
+                f"{self.policy.turn_timeout:g} s (turn_timeout, --turn-timeout)"
+            )
+        return "the turn was cancelled"
 
     # -------------------------------------------------------------- spawning
 
@@ -948,7 +1099,7 @@ class SessionMachine:
             "again; if the CLI is just slow to start turns (many MCP servers?), raise "
             "start_timeout (--start-timeout)",
         )
-        self._begin_cancel(now, out)
+        self._begin_cancel(now, out, trigger="start_timeout")
 
     def _drop_queued(self, why: str, out: list[Action], reason: str = "cancelled") -> None:
         for item in [item for item in self._queue if isinstance(item, _Turn)]:
@@ -981,7 +1132,9 @@ class SessionMachine:
         self._answer_pending(out, message)
         if esc is not None and esc.purpose is Purpose.CANCEL:
             out.append(CancelDone(None))
-            notice = protocol.supervisor_cancel(None, self.session_id, esc.request_ids)
+            notice = protocol.supervisor_cancel(
+                None, self.session_id, esc.request_ids, trigger=esc.trigger
+            )
             out.append(Deliver(notice, None))
         if self._alive:
             out.append(KillTree())
@@ -1031,6 +1184,25 @@ def _request_id(data: dict[str, Any]) -> str | int | None:
 def _is_interrupt(frame: Frame) -> bool:
     request = frame.data.get("request")
     return isinstance(request, dict) and request.get("subtype") == "interrupt"
+
+
+def _block_ids(frame: Frame, block_type: str, key: str) -> list[str]:
+    """The ids of a message's content blocks of one type (tool calls, tool results)."""
+    message = frame.data.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, list):
+        return []
+    return [
+        block[key]
+        for block in content
+        if isinstance(block, dict)
+        and block.get("type") == block_type
+        and isinstance(block.get(key), str)
+    ]
+
+
+def _earliest(*deadlines: float | None) -> float | None:
+    return min((d for d in deadlines if d is not None), default=None)
 
 
 def _ms(seconds: float) -> float:

@@ -18,9 +18,23 @@ def _positive_finite(instance: object, attribute: attrs.Attribute[float], value:
         raise ValueError(f"{attribute.name} must be a positive number of seconds, not {value!r}")
 
 
+def _optional_seconds(
+    instance: object, attribute: attrs.Attribute[float | None], value: float | None
+) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"{attribute.name} must be a positive number of seconds or None (off), not {value!r}"
+        )
+
+
+def _float_or_none(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
 @attrs.frozen
 class EscalationPolicy:
-    """Deadlines, in seconds, for each step of the ladder and for the session's life cycle."""
+    """Deadlines, in seconds, for each step of the ladder and for the session's life cycle,
+    and the watchdog's limits after which the supervisor starts the ladder by itself."""
 
     #: After the in-band interrupt, how long to wait for the turn's `result`.
     interrupt_timeout: float = attrs.field(default=1.5, converter=float, validator=_positive_finite)
@@ -38,6 +52,24 @@ class EscalationPolicy:
     #: real CLI prints `system/init` within about a second of a user frame; the margin is
     #: for slow machines and for MCP servers the CLI starts with its first turn.
     start_timeout: float = attrs.field(default=60.0, converter=float, validator=_positive_finite)
+    #: After the in-band interrupt, how long the CLI may take to acknowledge it (its
+    #: `control_response`) before the ladder skips SIGINT and kills the tree: SIGINT is
+    #: handled on the same event loop as the interrupt, so a CLI that cannot answer the
+    #: one will not act on the other. Measured on 2.1.328 on a loaded 2-core machine:
+    #: median 5 ms, worst 33 ms (docs/configuration.md). A value not shorter than
+    #: `interrupt_timeout` turns the shortcut off (a stopped CLI is still killed at once).
+    interrupt_ack_timeout: float = attrs.field(
+        default=0.5, converter=float, validator=_positive_finite
+    )
+    #: The stall watchdog (None: off): cancel the running turn when the CLI has written
+    #: nothing for this long while no tool call is running.
+    stall_timeout: float | None = attrs.field(
+        default=None, converter=_float_or_none, validator=_optional_seconds
+    )
+    #: The turn timeout (None: off): cancel a turn that has run this long, tools included.
+    turn_timeout: float | None = attrs.field(
+        default=None, converter=_float_or_none, validator=_optional_seconds
+    )
 
     #: How long SIGKILLed processes may take to disappear before the supervisor gives up
     #: on the tree (a process stuck in the kernel, e.g. on a dead NFS mount).

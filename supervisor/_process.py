@@ -76,6 +76,20 @@ class CliProcess:
             with contextlib.suppress(psutil.Error):
                 self._cli.send_signal(signal.SIGINT)  # checks the pid was not reused
 
+    def is_stopped(self) -> bool:
+        """Whether the CLI is stopped (SIGSTOP, job control, a debugger): it acts on nothing."""
+        cli = self._cli
+        if cli is None:
+            return False
+        try:
+            # is_running() compares the create time: never report on a reused pid.
+            return cli.is_running() and cli.status() in (
+                psutil.STATUS_STOPPED,
+                psutil.STATUS_TRACING_STOP,
+            )
+        except psutil.Error:
+            return False
+
     def kill_tree(self) -> None:
         """SIGTERM to the helper: it kills the whole tree and then reports the exit."""
         if self._helper is not None and self._helper.returncode is None:

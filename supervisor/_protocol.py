@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from ._framing import Frame
-from ._report import CancelReport
+from ._report import CancelReport, CancelTrigger
 
 #: Request ids the supervisor generates start with this, so they never collide with the
 #: parent's ids and the answers can be told apart (and swallowed).
@@ -162,13 +162,21 @@ def synthesized_result(
 
 
 def supervisor_cancel(
-    report: CancelReport | None, session_id: str | None, request_ids: list[Any]
+    report: CancelReport | None,
+    session_id: str | None,
+    request_ids: list[Any],
+    *,
+    trigger: CancelTrigger = "request",
 ) -> Frame:
-    """Sent once the session is ready again after a cancel (`report` null: nothing ran)."""
+    """Sent once the session is ready again after a cancel (`report` null: nothing ran).
+
+    `trigger` says what started it, also when there was nothing to cancel.
+    """
     data: dict[str, Any] = {
         "type": "system",
         "subtype": "supervisor_cancel",
         "session_id": session_id,
+        "trigger": trigger,
         "report": None if report is None else report.to_dict(),
     }
     if request_ids:

@@ -120,7 +120,7 @@ class Relay:
             if signum == signal.SIGINT:
                 # The SIGINT contract: cancel the running turn; while idle, nothing.
                 if self.machine.running_turn is not None:
-                    self.driver.dispatch(m.Cancel())
+                    self.driver.dispatch(m.Cancel(trigger="sigint"))
             else:
                 self._stop(signum)
 

@@ -9,6 +9,14 @@ import attrs
 #: Which rung of the ladder ended the turn.
 CancelPath = Literal["interrupt", "sigint", "kill"]
 
+#: What started the cancel: a `cancel_turn`, the library's `cancel()` or the user's own
+#: in-band interrupt (`"request"`), a supersede, the executable's SIGINT contract, or one
+#: of the watchdog's limits (`"stall"`: the CLI wrote nothing for `stall_timeout`;
+#: `"turn_timeout"`: the turn ran longer than `turn_timeout`).
+CancelTrigger = Literal[
+    "request", "supersede", "sigint", "stall", "turn_timeout", "start_timeout"
+]
+
 
 @attrs.frozen
 class Step:
@@ -23,8 +31,10 @@ class CancelReport:
     """The timeline of one cancel, from the request to a session ready for the next turn.
 
     Step names, in the order they can happen: ``interrupt_sent``, ``interrupt_answered``,
-    ``result``, ``sigint_sent``, ``exited``, ``kill_sent``, ``tree_killed``,
-    ``turn_processes_killed``, ``respawned``, ``ready``. When the resumed CLI fails,
+    ``result``, ``cli_stopped``, ``sigint_sent``, ``exited``, ``kill_sent``, ``tree_killed``,
+    ``turn_processes_killed``, ``respawned``, ``ready``. A ``kill_sent`` with no
+    ``sigint_sent`` before it is the adaptive shortcut: the CLI was stopped, or did not
+    acknowledge the interrupt within ``interrupt_ack_timeout``. When the resumed CLI fails,
     ``exited`` and ``started_fresh`` (a new CLI session, the history lost) come before
     ``ready``.
     """
@@ -35,6 +45,7 @@ class CancelReport:
     respawned: bool
     session_id: str | None
     processes_killed: int
+    trigger: CancelTrigger = "request"
 
     def step_ms(self, name: str) -> float | None:
         """When the named step happened, or None if it did not."""
@@ -44,6 +55,7 @@ class CancelReport:
         """A JSON-ready dict; `steps` becomes a list of {"name", "ms"} objects."""
         return {
             "path": self.path,
+            "trigger": self.trigger,
             "total_ms": self.total_ms,
             "steps": [{"name": step.name, "ms": step.ms} for step in self.steps],
             "respawned": self.respawned,

@@ -7,7 +7,10 @@ feeds the results back as events. Faults are chosen per turn (ignore the interru
 never answer it, ignore SIGINT, wedge, crash, leave stubborn or escaped processes) and
 per respawn (slow or failing resume, and a failing new session after it). The user may
 also send content the CLI cannot read, and a turn may be one the CLI never starts. A
-test then checks the promises that must hold whatever happened.
+test then checks the promises that must hold whatever happened. The World also records
+what the stall watchdog and the turn timeout may rely on (when the CLI last wrote,
+whether a tool call was open, when the turn was forwarded), so a test can check that the
+watchdog fired when, and only when, it should.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Behaviour:
     crash: bool = False  # exits with code 3 mid-turn
     garbage: bool = False  # writes a line that is not a frame
     silent: bool = False  # never starts the turn: writes nothing for it (unreadable content)
+    stall: bool = False  # goes silent, never ends by itself; still answers the interrupt
 
 
 @attrs.frozen
@@ -118,6 +122,11 @@ class World:
         self.error_codes: list[Any] = []  # of every supervisor_error, in order
         self.fresh_failures = 0  # new sessions (after a failed resume) that failed too
         self._failed_resume: ResumeFault | None = None  # the last resume, if it failed
+        # What the watchdog may rely on, as the CLI produced it.
+        self.last_output = 0.0  # when the CLI last wrote a frame the machine received
+        self.turn_forwarded = 0.0  # when the running turn reached the CLI
+        self.tool_open = False  # a tool_use was written and its tool_result not yet
+        self.watchdog_cancels: list[tuple[float, set[str]]] = []  # when, triggers justified
         self._apply(self.machine.start(self.now))
 
     # ------------------------------------------------------------ the user
@@ -201,6 +210,8 @@ class World:
                     self._deliver_to_machine(event)
             else:
                 self._feed(m.DeadlinePassed())
+                if self.machine.deadline == deadline and not self.machine.finished:
+                    raise Violation(f"the deadline {deadline} passed and nothing happened")
         self.now = max(self.now, until)
 
     def settle(self, limit: float = 120.0) -> None:
@@ -214,7 +225,40 @@ class World:
     # ---------------------------------------------------------- the machine
 
     def _feed(self, event: m.Event) -> None:
+        watching = self.machine.running_turn is not None and not self.machine.cancelling
+        if isinstance(event, m.FromCli):
+            self._note_output(event.frame)
         self._apply(self.machine.handle(event, self.now))
+        if isinstance(event, m.DeadlinePassed) and watching and self.machine.cancelling:
+            self._on_watchdog_cancel()
+
+    def _note_output(self, frame: Frame) -> None:
+        self.last_output = self.now
+        kind = frame.data.get("type")
+        if kind == "assistant":
+            self.tool_open = True
+        elif kind == "user" or kind == "result":
+            self.tool_open = False
+
+    def _on_watchdog_cancel(self) -> None:
+        """The machine began a cancel by itself: say which limits had really passed."""
+        policy, now = self.policy, self.now
+        justified = set()
+        if policy.turn_timeout is not None and now >= self.turn_forwarded + policy.turn_timeout:
+            justified.add("turn_timeout")
+        if (
+            policy.stall_timeout is not None
+            and not self.tool_open
+            and now >= self.last_output + policy.stall_timeout
+        ):
+            justified.add("stall")
+        if not justified:
+            raise Violation(f"the watchdog cancelled turn {self.machine.running_turn} at {now}")
+        running = self.machine.running_turn
+        assert running is not None
+        self.cancelled_turns.add(running)
+        self.cancel_started.append(now)
+        self.watchdog_cancels.append((now, justified))
 
     def _deliver_to_machine(self, event: m.Event) -> None:
         if isinstance(event, m.CliExited):
@@ -252,8 +296,18 @@ class World:
                     self._close_input()
                 case m.CancelDone(report):
                     self.reports.append((self.now, report))
+                    self._check_trigger(report)
+                case m.CheckCliStopped():
+                    if self.cli is not None and self.cli.stopped:
+                        self._schedule(0.001, m.CliStopped())
                 case m.Finished(code):
                     self.finished = code
+
+    def _check_trigger(self, report: CancelReport | None) -> None:
+        if report is None or report.trigger not in ("stall", "turn_timeout"):
+            return
+        if not self.watchdog_cancels or report.trigger not in self.watchdog_cancels[-1][1]:
+            raise Violation(f"a {report.trigger} report for no such limit: {report}")
 
     def _on_deliver(self, data: dict[str, Any], turn: int | None) -> None:
         if data.get("type") == "control_response":
@@ -318,6 +372,8 @@ class World:
             if cli.running is not None:
                 raise Violation(f"turn {turn} was written while turn {cli.running} ran")
             self.forwarded.append(turn)
+            self.turn_forwarded = self.now
+            self.tool_open = False
             self._start_turn(turn, delay)
         elif data["type"] == "control_request":
             self._control(data, delay)
@@ -363,6 +419,10 @@ class World:
         if behaviour.stubborn:
             self.processes.append(SimProcess(turn, stubborn=True, killed_by_cli=False))
         self._emit(delay + 0.01, {"type": "system", "subtype": "init", "session_id": SID})
+        if behaviour.tool:
+            # The tool call is announced; it runs until the turn ends (see _on_end_turn).
+            tool = {"id": f"tool-{turn}"}
+            self._emit(delay + 0.015, _tool_frame("assistant", "tool_use", tool))
         if behaviour.garbage:
             self._schedule(delay + 0.02, m.BadLine("cli", _garbage()))
         if behaviour.crash:
@@ -370,6 +430,8 @@ class World:
             cli.exiting = True
         elif behaviour.wedge:
             self._schedule(delay + 0.02, _Stop())
+        elif behaviour.stall:
+            pass  # silent until interrupted, SIGINTed or killed
         else:
             self._end_turn(delay + behaviour.duration, "success", "completed", turn=turn)
 
@@ -432,6 +494,10 @@ class World:
         for proc in self.processes:
             if proc.turn == turn and proc.killed_by_cli:
                 proc.alive = False  # the tool ends (or the CLI kills it on interrupt)
+        if self.behaviours.get(turn, Behaviour()).tool:
+            # Its tool's result (or, when interrupted, the rejected one) comes first.
+            ended = {"tool_use_id": f"tool-{turn}"}
+            self._feed(m.FromCli(Frame.from_data(_tool_frame("user", "tool_result", ended))))
         result = {
             "type": "result",
             "subtype": event.subtype,
@@ -456,6 +522,11 @@ class _EndTurn:
 @attrs.frozen
 class _Stop:
     pass
+
+
+def _tool_frame(role: str, block_type: str, fields: dict[str, Any]) -> dict[str, Any]:
+    block = {"type": block_type, **fields}
+    return {"type": role, "message": {"role": role, "content": [block]}, "session_id": SID}
 
 
 def _garbage() -> Any:

@@ -62,7 +62,27 @@ def test_every_option_has_a_variable_named_after_its_flag() -> None:
         "CLAUDE_SUPERVISOR_REPORT_FILE",
         "CLAUDE_SUPERVISOR_MAX_LINE_BYTES",
         "CLAUDE_SUPERVISOR_START_TIMEOUT",
+        "CLAUDE_SUPERVISOR_INTERRUPT_ACK_TIMEOUT",
+        "CLAUDE_SUPERVISOR_STALL_TIMEOUT",
+        "CLAUDE_SUPERVISOR_TURN_TIMEOUT",
     }
+
+
+def test_the_watchdog_is_off_unless_asked_for() -> None:
+    policy = parse_invocation(["--"], "x", {}).config.policy
+    assert policy.stall_timeout is None and policy.turn_timeout is None
+    assert policy.interrupt_ack_timeout == 0.5
+
+
+def test_watchdog_limits_and_the_ack_deadline_from_flags_and_environment() -> None:
+    env = {"CLAUDE_SUPERVISOR_TURN_TIMEOUT": "600", "CLAUDE_SUPERVISOR_STALL_TIMEOUT": "9"}
+    argv = ["--stall-timeout", "45", "--interrupt-ack-timeout", "0.2", "--"]
+    policy = parse_invocation(argv, "x", env).config.policy
+    assert policy.stall_timeout == 45  # the flag wins over the variable
+    assert policy.turn_timeout == 600
+    assert policy.interrupt_ack_timeout == 0.2
+    masked = parse_invocation(["-p"], "claude", {"CLAUDE_SUPERVISOR_STALL_TIMEOUT": "30"})
+    assert masked.config.policy.stall_timeout == 30
 
 
 def test_start_timeout_from_flag_or_environment() -> None:
@@ -82,6 +102,10 @@ def test_start_timeout_from_flag_or_environment() -> None:
         (["--max-line-bytes", "12", "--"], {}, "at least 1024"),
         (["--"], {"CLAUDE_SUPERVISOR_EXIT_TIMEOUT": "x"}, "CLAUDE_SUPERVISOR_EXIT_TIMEOUT"),
         (["--nope", "--"], {}, "unrecognized arguments"),
+        (["--stall-timeout", "0", "--"], {}, "--stall-timeout: must be a positive"),
+        (["--turn-timeout", "-5", "--"], {}, "--turn-timeout: must be a positive"),
+        (["--interrupt-ack-timeout", "inf", "--"], {}, "--interrupt-ack-timeout: must be"),
+        (["--"], {"CLAUDE_SUPERVISOR_TURN_TIMEOUT": "soon"}, "CLAUDE_SUPERVISOR_TURN_TIMEOUT"),
     ],
 )
 def test_bad_values_are_config_errors(argv: list[str], env: dict[str, str], message: str) -> None:

@@ -66,8 +66,10 @@ async def test_cancel_turn_in_band(wrapper: Wrapper) -> None:
     assert notice["request_ids"] == ["c1"]
     report = notice["report"]
     assert report["path"] == "interrupt" and report["respawned"] is False
+    assert report["trigger"] == notice["trigger"] == "request"
     assert set(report) == {
         "path",
+        "trigger",
         "total_ms",
         "steps",
         "respawned",
@@ -274,6 +276,8 @@ async def test_report_file(fake_claude: Path, home: Path, tmp_path: Path) -> Non
         (["--kill-timeout", "-1", "--"], {}, "--kill-timeout: must be a positive"),
         (["--bogus", "--"], {}, "unrecognized arguments: --bogus"),
         (["--"], {"CLAUDE_SUPERVISOR_SIGINT_TIMEOUT": "0"}, "CLAUDE_SUPERVISOR_SIGINT_TIMEOUT"),
+        (["--stall-timeout", "0", "--"], {}, "--stall-timeout: must be a positive"),
+        (["--"], {"CLAUDE_SUPERVISOR_TURN_TIMEOUT": "-3"}, "CLAUDE_SUPERVISOR_TURN_TIMEOUT"),
     ],
 )
 async def test_bad_options_exit_2_with_a_clear_message(

@@ -7,6 +7,7 @@ import signal
 from machine_harness import ARGS, SID, Harness, frame, init, response, result, user
 
 from supervisor import _machine as m
+from supervisor._framing import Frame
 from supervisor._policy import EscalationPolicy
 
 
@@ -87,6 +88,7 @@ def test_sigint_when_the_interrupt_is_ignored_then_resume() -> None:
     running(h)
     h.user(user("queued"))
     h.feed(m.Cancel())
+    h.cli(response(h.interrupt_id()))  # acknowledged: alive, SIGINT may work
     assert h.machine.deadline == 2.0
     assert m.SignalCli(signal.SIGINT) in h.expire()
     assert h.machine.deadline == 5.0
@@ -108,6 +110,7 @@ def test_sigint_when_the_interrupt_is_ignored_then_resume() -> None:
     assert report.processes_killed == 1
     assert [s.name for s in report.steps] == [
         "interrupt_sent",
+        "interrupt_answered",
         "sigint_sent",
         "exited",
         "respawned",
@@ -120,6 +123,7 @@ def test_cli_result_after_sigint_is_relayed_not_synthesized() -> None:
     h = Harness()
     running(h)
     h.feed(m.Cancel())
+    h.cli(response(h.interrupt_id()))
     h.expire()
     own = result(subtype="error_during_execution", terminal_reason="aborted_tools")
     assert h.delivered(h.cli(own)) == [(own.data, 1)]
@@ -131,6 +135,7 @@ def test_kill_path_when_sigint_does_nothing() -> None:
     h = Harness()
     running(h)
     h.feed(m.Cancel())
+    h.cli(response(h.interrupt_id()))
     h.expire()
     assert m.KillTree() in h.expire()
     actions = h.feed(m.CliExited(-9, processes_killed=4))
@@ -249,6 +254,7 @@ def test_a_cancel_ended_by_a_failed_resume_still_gets_its_notice() -> None:
             "type": "system",
             "subtype": "supervisor_cancel",
             "session_id": None,  # the old one is lost, the new CLI never said its own
+            "trigger": "request",
             "report": None,
             "request_ids": ["c1"],
         }
@@ -304,6 +310,7 @@ def test_cancel_with_nothing_running() -> None:
         "type": "system",
         "subtype": "supervisor_cancel",
         "session_id": None,
+        "trigger": "request",
         "report": None,
         "request_ids": ["c9"],
     }
@@ -314,8 +321,8 @@ def test_the_users_own_interrupt_is_supervised_and_answered() -> None:
     running(h)
     interrupt = frame(type="control_request", request_id="u1", request={"subtype": "interrupt"})
     assert h.written(h.user(interrupt)) == [interrupt.data]
-    h.expire()  # the CLI never answered: SIGINT
-    actions = h.feed(m.CliExited(0))
+    h.expire()  # the CLI never answered: no SIGINT, the kill rung at once
+    actions = h.feed(m.CliExited(-15))
     actions += h.answer_probe()
     answers = [d for d, _ in h.delivered(actions) if d.get("type") == "control_response"]
     assert answers == [
@@ -328,7 +335,7 @@ def test_the_users_own_interrupt_is_supervised_and_answered() -> None:
             },
         }
     ]
-    assert h.reports()[0].path == "sigint"
+    assert h.reports()[0].path == "kill" and h.reports()[0].trigger == "request"
 
 
 def test_the_clis_answer_to_the_users_interrupt_is_relayed() -> None:
@@ -621,3 +628,188 @@ def test_a_new_session_that_cannot_be_run_says_so() -> None:
     assert error["error"]["code"] == "respawn_failed"
     assert "as a new session" in error["error"]["message"]
     assert m.Finished(1) in actions
+
+# ------------------------------------------------- the adaptive ladder and the watchdog
+
+
+def tool_use(tool_id: str) -> Frame:
+    content = [{"type": "tool_use", "id": tool_id, "name": "Bash", "input": {"command": "x"}}]
+    return frame(type="assistant", message={"role": "assistant", "content": content})
+
+
+def tool_result(tool_id: str) -> Frame:
+    content = [{"type": "tool_result", "tool_use_id": tool_id, "content": "ok"}]
+    return frame(type="user", message={"role": "user", "content": content})
+
+
+def test_an_unanswered_interrupt_skips_sigint_for_the_kill() -> None:
+    policy = EscalationPolicy(interrupt_timeout=2, interrupt_ack_timeout=0.3)
+    h = Harness(policy)
+    running(h)
+    h.feed(m.Cancel(), after=1.0)
+    assert h.machine.deadline == 1.3  # the acknowledgement's deadline comes first
+    actions = h.expire()
+    assert m.KillTree() in actions and m.SignalCli(signal.SIGINT) not in actions
+    h.feed(m.CliExited(-15, processes_killed=2), after=0.1)
+    report = h.report(h.answer_probe())
+    assert report.path == "kill" and report.trigger == "request" and report.respawned
+    assert report.step_ms("sigint_sent") is None
+    assert report.step_ms("kill_sent") == 300.0
+    assert h.results_by_turn()[1][0]["result"] == "the turn was cancelled"
+
+
+def test_an_acknowledged_interrupt_waits_for_its_result_as_before() -> None:
+    policy = EscalationPolicy(interrupt_timeout=2, interrupt_ack_timeout=0.3)
+    h = Harness(policy)
+    running(h)
+    h.feed(m.Cancel())
+    h.feed(m.FromCli(response(h.interrupt_id())), after=0.01)
+    assert h.machine.deadline == 2.0  # alive: the result may still come
+    assert m.SignalCli(signal.SIGINT) in h.expire()
+
+
+def test_the_ack_clock_starts_when_a_held_interrupt_is_sent() -> None:
+    policy = EscalationPolicy(interrupt_timeout=2, interrupt_ack_timeout=0.3)
+    h = Harness(policy)
+    h.user(user("hi"))
+    h.feed(m.Cancel())
+    assert h.machine.deadline == 2.0  # nothing sent yet: nothing to acknowledge
+    h.feed(m.FromCli(init()), after=0.5)
+    assert h.machine.deadline == 0.8
+    assert m.KillTree() in h.expire()
+
+
+def test_an_ack_deadline_not_shorter_than_the_interrupts_turns_the_shortcut_off() -> None:
+    policy = EscalationPolicy(interrupt_timeout=1, interrupt_ack_timeout=1)
+    h = Harness(policy)
+    running(h)
+    h.feed(m.Cancel())
+    assert m.SignalCli(signal.SIGINT) in h.expire()
+
+
+def test_a_stopped_cli_is_killed_at_once() -> None:
+    h = Harness()
+    running(h)
+    actions = h.feed(m.Cancel())
+    assert m.CheckCliStopped() in actions  # the driver looks at the process
+    actions = h.feed(m.CliStopped(), after=0.002)
+    assert m.KillTree() in actions and m.SignalCli(signal.SIGINT) not in actions
+    h.feed(m.CliExited(-9), after=0.02)
+    report = h.report(h.answer_probe())
+    assert report.path == "kill"
+    assert [s.name for s in report.steps][:4] == [
+        "interrupt_sent",
+        "cli_stopped",
+        "kill_sent",
+        "tree_killed",
+    ]
+    assert report.step_ms("kill_sent") == 2.0
+
+
+def test_a_stopped_cli_is_news_only_during_a_cancel() -> None:
+    h = Harness()
+    running(h)
+    assert h.feed(m.CliStopped()) == []
+    h.feed(m.Cancel())
+    h.cli(response(h.interrupt_id()))
+    h.cli(result(subtype="error_during_execution"))
+    assert h.feed(m.CliStopped()) == []  # the turn already ended in-band
+    assert h.reports() == []
+
+
+def test_the_watchdog_is_off_by_default() -> None:
+    h = Harness()
+    running(h)
+    assert h.machine.deadline is None
+
+
+def test_a_stall_cancels_the_turn_and_every_frame_restarts_the_clock() -> None:
+    h = Harness(EscalationPolicy(stall_timeout=10))
+    h.user(user("hi"))
+    assert h.machine.deadline == 10.0  # from the turn's start
+    h.feed(m.FromCli(init()), after=4)
+    assert h.machine.deadline == 14.0
+    h.feed(m.FromCli(frame(type="stream_event", event={})), after=9)
+    assert h.machine.deadline == 23.0
+    actions = h.expire()
+    assert h.written(actions)[0]["request"]["subtype"] == "interrupt"
+    assert h.machine.cancelling
+    h.cli(response(h.interrupt_id()))
+    own = result(subtype="error_during_execution", terminal_reason="aborted_streaming")
+    h.cli(own)
+    report = h.report(h.feed(m.TurnProcessesKilled(0)))
+    assert report.trigger == "stall" and report.path == "interrupt"
+    assert h.results_by_turn() == {1: [own.data]}  # the CLI answered: its own result
+    notice = [d for d, _ in h.delivered() if d.get("subtype") == "supervisor_cancel"]
+    assert notice[0]["trigger"] == "stall" and notice[0]["report"]["trigger"] == "stall"
+    assert h.machine.deadline is None  # no turn runs: no watchdog
+
+
+def test_a_running_tool_pauses_the_stall_clock_until_its_result() -> None:
+    h = Harness(EscalationPolicy(stall_timeout=10))
+    running(h)
+    h.feed(m.FromCli(tool_use("t1")), after=1)
+    h.feed(m.FromCli(tool_use("t2")), after=1)  # parallel tool calls
+    assert h.machine.deadline is None
+    h.feed(m.FromCli(frame(type="system", subtype="task_started")), after=300)
+    h.feed(m.FromCli(tool_result("t1")), after=300)
+    assert h.machine.deadline is None  # t2 still runs
+    h.feed(m.FromCli(tool_result("t2")), after=1)
+    assert h.machine.deadline == 613.0
+    h.feed(m.FromCli(result()), after=2)
+    assert h.reports() == [] and h.machine.deadline is None
+
+
+def test_a_stall_the_cli_does_not_answer_gets_a_result_naming_the_limit() -> None:
+    h = Harness(EscalationPolicy(stall_timeout=30, interrupt_ack_timeout=0.5))
+    running(h)
+    h.expire()  # the stall: the interrupt goes out
+    h.expire()  # unanswered: the kill
+    actions = h.feed(m.CliExited(-15), after=0.1)
+    [(synth, turn)] = [(d, t) for d, t in h.delivered(actions) if d.get("type") == "result"]
+    assert turn == 1 and synth["supervisor"] == {"synthesized": True}
+    assert "stall_timeout" in synth["result"] and "30 s" in synth["result"]
+    report = h.report(h.answer_probe())
+    assert report.trigger == "stall" and report.path == "kill"
+
+
+def test_the_turn_timeout_ends_a_turn_even_while_a_tool_runs() -> None:
+    h = Harness(EscalationPolicy(turn_timeout=60, stall_timeout=10))
+    running(h)
+    h.feed(m.FromCli(tool_use("t1")), after=1)
+    assert h.machine.deadline == 60.0
+    h.expire()
+    assert h.machine.cancelling
+    h.cli(response(h.interrupt_id()))
+    h.expire()  # the result never came: SIGINT
+    actions = h.feed(m.CliExited(0), after=1)
+    [synth] = [d for d, _ in h.delivered(actions) if d.get("type") == "result"]
+    assert "turn_timeout" in synth["result"] and "60 s" in synth["result"]
+    report = h.report(h.answer_probe())
+    assert report.trigger == "turn_timeout" and report.path == "sigint"
+
+
+def test_the_turn_timeout_runs_from_when_the_turn_was_forwarded() -> None:
+    h = Harness(EscalationPolicy(turn_timeout=5))
+    running(h, "one")
+    h.user(user("two"))
+    h.feed(m.FromCli(result()), after=4)  # turn 2 starts at 4
+    assert h.machine.running_turn == 2 and h.machine.deadline == 9.0
+
+
+def test_every_cancel_says_what_started_it() -> None:
+    interrupt = frame(type="control_request", request_id="u1", request={"subtype": "interrupt"})
+    starts: list[m.Event] = [
+        m.Cancel(trigger="sigint"),
+        m.FromUser(frame(type="cancel_turn")),
+        m.FromUser(frame(type="supersede_turn", content="instead")),
+        m.FromUser(interrupt),
+    ]
+    triggers = []
+    for start in starts:
+        h = Harness()
+        running(h)
+        h.feed(start)
+        h.cli(result(subtype="error_during_execution"))
+        triggers.append(h.report(h.feed(m.TurnProcessesKilled(0))).trigger)
+    assert triggers == ["sigint", "request", "supersede", "request"]

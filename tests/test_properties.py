@@ -11,7 +11,10 @@ tests/sim_cli.py). Whatever happens, the promises must hold:
 * when a cancel ends, no process of the cancelled turn is alive;
 * every cancel ends within the policy's deadlines plus a bounded respawn;
 * unless a resume failed and so did the new session started instead, the session answers
-  the next turn.
+  the next turn;
+* with a stall timeout or a turn timeout (drawn per run), no turn outlives its limit
+  without a cancel, and the watchdog cancels only when a limit has really passed (the
+  CLI silent with no tool call open, or the turn too old), saying which.
 
 The profile (`HYPOTHESIS_PROFILE`) sets how many sequences run: `ci` (the default) a
 few hundred, `long` many thousands, on demand.
@@ -25,6 +28,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from sim_cli import Behaviour, ResumeFault, Violation, World
+
+from supervisor._policy import EscalationPolicy
 
 settings.register_profile(
     "ci", max_examples=300, stateful_step_count=30, deadline=None,
@@ -51,6 +56,7 @@ behaviours = st.builds(
     crash=st.sampled_from([False] * 4 + [True]),
     garbage=st.booleans(),
     silent=st.sampled_from([False] * 5 + [True]),
+    stall=st.sampled_from([False] * 3 + [True]),
 )
 resume_faults = st.builds(
     ResumeFault,
@@ -68,11 +74,31 @@ malformed_content = st.sampled_from(
 class SupervisedSession(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.world = World()
         self.requests = 0
 
-    @initialize(fault=resume_faults)
-    def first_resume_fault(self, fault: ResumeFault) -> None:
+    @initialize(
+        fault=resume_faults,
+        stall_timeout=st.sampled_from([None, None, 0.4, 1.5]),
+        turn_timeout=st.sampled_from([None, None, 2.5, 6.0]),
+        ack_timeout=st.sampled_from([0.1, 0.5, 2.0]),
+    )
+    def open_session(
+        self,
+        fault: ResumeFault,
+        stall_timeout: float | None,
+        turn_timeout: float | None,
+        ack_timeout: float,
+    ) -> None:
+        policy = EscalationPolicy(
+            interrupt_timeout=1.0,
+            sigint_timeout=2.0,
+            kill_timeout=0.5,
+            ready_timeout=5.0,
+            interrupt_ack_timeout=ack_timeout,
+            stall_timeout=stall_timeout,
+            turn_timeout=turn_timeout,
+        )
+        self.world = World(policy)
         self.world.resume_faults.append(fault)
 
     def _open(self) -> bool:
@@ -141,6 +167,19 @@ class SupervisedSession(RuleBasedStateMachine):
         for proc in world.processes:
             if proc.alive and proc.turn in world.cancelled_turns and proc.turn in world.results:
                 raise Violation(f"a process of cancelled turn {proc.turn} is alive")
+
+    @invariant()
+    def no_turn_outlives_the_watchdogs_limits(self) -> None:
+        world = self.world
+        machine, policy, now = world.machine, world.policy, world.now
+        if machine.finished or machine.running_turn is None or machine.cancelling:
+            return
+        if policy.turn_timeout is not None and now > world.turn_forwarded + policy.turn_timeout:
+            raise Violation(f"turn {machine.running_turn} outlived the turn timeout at {now}")
+        silent = now - max(world.last_output, world.turn_forwarded)
+        stall = policy.stall_timeout
+        if stall is not None and not world.tool_open and silent > stall:
+            raise Violation(f"turn {machine.running_turn} stalled {silent} s uncancelled")
 
     @invariant()
     def at_most_one_answer_per_interrupt(self) -> None:

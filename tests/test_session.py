@@ -90,7 +90,10 @@ async def test_sigint_when_the_interrupt_is_ignored(session: Session, process_au
     assert after["fake_history"][0] == "first"  # the resumed CLI has the earlier turns
 
 
-async def test_unanswered_interrupt_goes_to_sigint(session: Session) -> None:
+async def test_unanswered_interrupt_goes_to_sigint_when_the_shortcut_is_off(
+    session: Session,
+) -> None:
+    assert FAST.interrupt_ack_timeout >= FAST.interrupt_timeout  # the shortcut is off
     turn = await session.send("[[fake: stream=60, mute_interrupt]]")
     async for frame in turn:
         if frame["type"] == "system":
@@ -98,6 +101,51 @@ async def test_unanswered_interrupt_goes_to_sigint(session: Session) -> None:
     report = await session.cancel()
     assert report is not None and report.path == "sigint"
     assert report.step_ms("interrupt_answered") is None
+
+
+async def test_unanswered_interrupt_skips_sigint(
+    fake_claude: Path, home: Path, process_audit: str
+) -> None:
+    policy = attrs.evolve(FAST, interrupt_ack_timeout=0.2)
+    async with open_session(ARGS, claude=fake_claude, policy=policy) as session:
+        turn = await session.send("[[fake: tool=60, mute_interrupt]]")
+        await tool_running(turn)
+        report = await session.cancel()
+        assert report is not None and report.path == "kill" and report.respawned
+        assert report.step_ms("sigint_sent") is None and report.trigger == "request"
+        kill_sent = report.step_ms("kill_sent")
+        assert kill_sent is not None and kill_sent < FAST.interrupt_timeout * 1000
+        assert (await turn.result())["terminal_reason"] == "cancelled"
+        assert strays(session, process_audit) == []
+        assert (await (await session.send("next")).result())["subtype"] == "success"
+
+
+async def test_the_turn_timeout_cancels_through_the_ladder_and_reports(
+    fake_claude: Path, home: Path, process_audit: str
+) -> None:
+    policy = attrs.evolve(FAST, turn_timeout=1.0)
+    async with open_session(ARGS, claude=fake_claude, policy=policy) as session:
+        turn = await session.send("[[fake: tool=60, escapee]]")
+        result = await turn.result()  # nobody cancels: the turn timeout does
+        assert result["terminal_reason"] == "aborted_tools"  # the CLI's own
+        # The next turn starts once the cancel is over: its report is there by then.
+        assert (await (await session.send("next")).result())["subtype"] == "success"
+        report = session.last_report
+        assert report is not None and report.trigger == "turn_timeout"
+        assert report.path == "interrupt" and report.processes_killed >= 1
+        assert strays(session, process_audit) == []
+
+
+async def test_the_stall_watchdog_cancels_a_silent_turn(fake_claude: Path, home: Path) -> None:
+    policy = attrs.evolve(FAST, stall_timeout=1.0)
+    async with open_session(ARGS, claude=fake_claude, policy=policy) as session:
+        result = await (await session.send("[[fake: stream=60]]")).result()
+        assert result["terminal_reason"] == "aborted_streaming"
+        # A tool call of 2 s, twice the stall timeout, is not a stall.
+        quiet = await (await session.send("[[fake: tool=2]]")).result()
+        assert quiet["subtype"] == "success"
+        report = session.last_report
+        assert report is not None and report.trigger == "stall" and report.path == "interrupt"
 
 
 async def test_wedged_cli_is_killed_with_its_whole_tree(

@@ -33,3 +33,6 @@ async def test_the_demo_runs_every_rung_on_the_real_cli(
     assert "killed: the stopped CLI" in out, out
     # The history survived: the resumed session is the same one.
     assert "same session id as the first turn" in out, out
+    # The stopped CLI took the adaptive path: straight from the interrupt to the kill.
+    wedged = out[out.index("== 4.") : out.index("== 5.")]
+    assert "cli_stopped" in wedged and "sigint_sent" not in wedged, wedged

@@ -50,6 +50,7 @@ async def test_cancel_turn_in_band(wrapper: Wrapper, workdir: Path) -> None:
     assert "supervisor" not in result  # the CLI's own result, relayed
     notice = await wrapper.expect(is_system("supervisor_cancel"))
     assert notice["report"]["path"] == "interrupt" and notice["request_ids"] == ["c1"]
+    assert notice["trigger"] == "request"
 
 
 async def test_wedged_cli_is_killed_and_the_session_resumes(
@@ -112,7 +113,8 @@ async def test_sigint_to_the_wrapper_cancels_the_turn(wrapper: Wrapper, workdir:
     await wait_for_file(workdir / "started")
     wrapper.signal(signal.SIGINT)
     assert (await wrapper.expect(is_result))["is_error"] is True
-    await wrapper.expect(is_system("supervisor_cancel"))
+    notice = await wrapper.expect(is_system("supervisor_cancel"))
+    assert notice["trigger"] == notice["report"]["trigger"] == "sigint"
     await wrapper.send(user("still here"))
     assert (await wrapper.expect(is_result))["result"].endswith("to: still here")
 
