@@ -13,9 +13,7 @@ CancelPath = Literal["interrupt", "sigint", "kill"]
 #: in-band interrupt (`"request"`), a supersede, the executable's SIGINT contract, or one
 #: of the watchdog's limits (`"stall"`: the CLI wrote nothing for `stall_timeout`;
 #: `"turn_timeout"`: the turn ran longer than `turn_timeout`).
-CancelTrigger = Literal[
-    "request", "supersede", "sigint", "stall", "turn_timeout", "start_timeout"
-]
+CancelTrigger = Literal["request", "supersede", "sigint", "stall", "turn_timeout", "start_timeout"]
 
 
 @attrs.frozen

@@ -629,6 +629,7 @@ def test_a_new_session_that_cannot_be_run_says_so() -> None:
     assert "as a new session" in error["error"]["message"]
     assert m.Finished(1) in actions
 
+
 # ------------------------------------------------- the adaptive ladder and the watchdog
 
 
