@@ -252,6 +252,8 @@ class World:
             and now >= self.last_output + policy.stall_timeout
         ):
             justified.add("stall")
+        if now >= self.turn_forwarded + policy.start_timeout:
+            justified.add("start_timeout")  # a turn the CLI never started (no frame for it)
         if not justified:
             raise Violation(f"the watchdog cancelled turn {self.machine.running_turn} at {now}")
         running = self.machine.running_turn
@@ -304,7 +306,7 @@ class World:
                     self.finished = code
 
     def _check_trigger(self, report: CancelReport | None) -> None:
-        if report is None or report.trigger not in ("stall", "turn_timeout"):
+        if report is None or report.trigger not in ("stall", "turn_timeout", "start_timeout"):
             return
         if not self.watchdog_cancels or report.trigger not in self.watchdog_cancels[-1][1]:
             raise Violation(f"a {report.trigger} report for no such limit: {report}")

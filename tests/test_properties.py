@@ -94,6 +94,7 @@ class SupervisedSession(RuleBasedStateMachine):
             sigint_timeout=2.0,
             kill_timeout=0.5,
             ready_timeout=5.0,
+            start_timeout=5.0,
             interrupt_ack_timeout=ack_timeout,
             stall_timeout=stall_timeout,
             turn_timeout=turn_timeout,
