@@ -26,6 +26,10 @@ from ._driver import Driver
 from ._framing import Frame, FramingError, LineSplitter, decode_line
 from ._report import CancelReport
 
+#: Once stopping, how long the frames for stdout may wait for a reader, beyond the kill
+#: of the CLI's tree (`kill_timeout`), before they are dropped.
+STOP_WRITE_GRACE = 1.0
+
 
 class Relay:
     def __init__(
@@ -45,6 +49,9 @@ class Relay:
         )
         self._out_send, self._out_receive = trio.open_memory_channel[bytes](math.inf)
         self._stopped_by: int | None = None
+        #: Once stopping, writes to stdout must end by this time (see `_stop`).
+        self._write_deadline = math.inf
+        self._write_scope = trio.CancelScope()  # the write under way
 
     async def run(self) -> int:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
@@ -56,6 +63,10 @@ class Relay:
                 await nursery.start(self.driver.run)
                 nursery.start_soon(self._read_stdin)
                 await self.driver.finished.wait()
+                if self._stopped_by is not None:
+                    # The last frames (the stopped turn's result) get their own grace.
+                    grace = trio.current_time() + STOP_WRITE_GRACE
+                    self._bound_writes(max(self._write_deadline, grace))
                 self._out_send.close()
                 await writer_done.wait()
                 nursery.cancel_scope.cancel()
@@ -103,17 +114,35 @@ class Relay:
             self.driver.dispatch(m.BadLine("user", item))
 
     async def _write_stdout(self, done: trio.Event) -> None:
+        unwritten = 0
         try:
             async with trio.lowlevel.FdStream(os.dup(sys.stdout.fileno())) as stdout:
                 async for data in self._out_receive:
-                    await stdout.send_all(data)
+                    # Each write is bounded once stopping; waiting for a frame is not.
+                    self._write_scope = trio.CancelScope(deadline=self._write_deadline)
+                    with self._write_scope:
+                        await stdout.send_all(data)
+                    if self._write_scope.cancelled_caught:
+                        unwritten = 1  # possibly cut short
+                        break
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             # Nobody reads our output any more: the parent is gone. Stop the session.
             self.driver.dispatch(m.EndOfInput(drain=False))
-            async for _ in self._out_receive:
-                pass
         finally:
+            with trio.CancelScope(shield=True):
+                async for _ in self._out_receive:
+                    unwritten += 1 if self._write_scope.cancelled_caught else 0
+                if self._write_scope.cancelled_caught:
+                    await _tell_stderr(
+                        f"claude-supervisor: stopping; {unwritten} frame(s) for stdout were "
+                        "dropped because nobody read them in time (the reader stopped "
+                        "reading); the last line written may be incomplete\n"
+                    )
             done.set()
+
+    def _bound_writes(self, deadline: float) -> None:
+        self._write_deadline = deadline
+        self._write_scope.deadline = deadline
 
     async def _watch_signals(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
@@ -125,10 +154,32 @@ class Relay:
                 self._stop(signum)
 
     def _stop(self, signum: int) -> None:
-        """SIGTERM, SIGHUP, or the parent's death: stop the CLI gracefully, then exit."""
+        """SIGTERM, SIGHUP, or the parent's death: stop now, and exit within a deadline.
+
+        The parent means "stop now" (an SDK sends SIGTERM after its own graceful wait), so
+        the CLI's tree is killed at once (`Terminate`). And whatever the reader does, the
+        exit must come: a reader that stopped reading would hold the writes to stdout, and
+        so the wrapper, forever. The writer gets until the tree is surely dead
+        (`kill_timeout`) plus a grace, then drops what is left.
+        """
         if self._stopped_by is None:
             self._stopped_by = signum
-            self.driver.dispatch(m.EndOfInput(drain=False))
+            deadline = trio.current_time() + self._config.policy.kill_timeout + STOP_WRITE_GRACE
+            self._bound_writes(deadline)
+            self.driver.dispatch(m.Terminate())
+
+
+async def _tell_stderr(message: str) -> None:
+    """A note on stderr, bounded in time: a parent may not read our stderr either."""
+
+    def write() -> None:
+        with contextlib.suppress(OSError):
+            data = message.encode()
+            while data:
+                data = data[os.write(2, data) :]
+
+    with trio.move_on_after(STOP_WRITE_GRACE):
+        await trio.to_thread.run_sync(write, abandon_on_cancel=True)
 
 
 async def watch_parent(parent: int, on_gone: Callable[[], None], interval: float = 0.5) -> None:

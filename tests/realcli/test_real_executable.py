@@ -8,7 +8,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import cli_of
+import trio
+from conftest import cli_of, processes_with_token
 from wrapper_harness import FAST_FLAGS, Wrapper, is_result, is_system, is_tool_use, user
 
 from supervisor.testing.fake_api import FakeMessagesAPI, typed_user_texts
@@ -143,3 +144,36 @@ async def test_sigint_rung_through_the_wrapper(
     finally:
         await w.close_stdin()
         await w.wait(30)
+
+
+async def test_sigterm_after_stdin_eof_stops_a_stubborn_tool_within_kill_timeout(
+    claude_cli: Path, cli_env: dict[str, str], workdir: Path, process_audit: str
+) -> None:
+    """An SDK's close (stdin EOF, then SIGTERM) through the wrapper: SIGTERM means "now".
+
+    The CLI gets SIGTERM as it would from the SDK, the tool ignores it and is SIGKILLed
+    after kill_timeout; a long exit_timeout shows that no graceful wait comes first.
+    """
+    marker = workdir / "started"
+    stubborn = (
+        "python3 -c 'import signal, time, pathlib; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f'pathlib.Path("{marker}").touch(); time.sleep(300)\''
+    )
+    argv = ["--claude", str(claude_cli), "--kill-timeout", "1", "--exit-timeout", "60"]
+    w = await Wrapper.start([*argv, "--", *ARGS], env=cli_env, cwd=workdir)
+    try:
+        await w.send(user(f"[[api: bash={stubborn}]]"))
+        await wait_for_file(marker)
+        await w.close_stdin()
+        w.signal(signal.SIGTERM)
+        started = trio.current_time()
+        frames = await w.read_to_end(30)
+        assert await w.wait(30) == 128 + signal.SIGTERM
+        assert trio.current_time() - started < 1 + 5  # kill_timeout + a generous margin
+        left = [p for p in processes_with_token(process_audit) if p.status() != "zombie"]
+        assert left == []
+        [result] = [f for f in frames if is_result(f)]
+        assert result["is_error"] is True
+    finally:
+        await w.kill()
