@@ -15,17 +15,33 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import psutil
 import trio
 
 from . import _tree as tree
-from ._framing import FramingError, LineSplitter, decode_line
+from ._framing import (
+    Frame,
+    FramingError,
+    LineSplitter,
+    LineStreamer,
+    LongLineEnd,
+    LongLinePart,
+    LongLineStart,
+    StreamItem,
+    decode_line,
+    line_too_long,
+    read_head,
+)
 from ._machine import BadLine, CliExited, CliSpawned, Event, FromCli, SpawnFailed
 
 #: How much of the CLI's stderr is kept to explain a failure.
 STDERR_TAIL_BYTES = 4096
+
+#: Takes the rest of an over-long line whose head was delivered, piece by piece, then
+#: None at its end; awaiting it is the backpressure that keeps memory bounded.
+RelayPart = Callable[[bytes | None], Awaitable[None]]
 
 
 class CliProcess:
@@ -39,6 +55,7 @@ class CliProcess:
         max_line_bytes: int,
         emit: Callable[[Event], None],
         stderr: int | None = None,
+        relay_part: RelayPart | None = None,
     ) -> None:
         self._args = list(args)
         self._cwd = cwd
@@ -46,6 +63,9 @@ class CliProcess:
         self._kill_timeout = kill_timeout
         self._max_line_bytes = max_line_bytes
         self._emit = emit
+        self._relay_part = relay_part
+        #: The start of an over-long line being read whose head said nothing (dropped).
+        self._unreadable: bytes | None = None
         self._stderr_fd = _stderr_fd() if stderr is None else stderr
         self._helper: trio.Process | None = None
         self._cli: psutil.Process | None = None
@@ -190,13 +210,42 @@ class CliProcess:
 
     async def _read_stdout(self) -> None:
         assert self._helper is not None and self._helper.stdout is not None
-        splitter = LineSplitter(self._max_line_bytes)
+        lines = LineStreamer(self._max_line_bytes)
         async with self._helper.stdout as stdout:
             async for chunk in stdout:
-                for line in splitter.feed(chunk):
-                    self._on_line(line)
-        for line in splitter.close():
-            self._on_line(line)
+                for item in lines.feed(chunk):
+                    await self._on_item(item)
+        for item in lines.close():
+            await self._on_item(item)
+
+    async def _on_item(self, item: StreamItem) -> None:
+        """A line, or a piece of one over the cap: that one is relayed as it comes.
+
+        Its head says what it is (`read_head`), so the machine can route it like any
+        frame (a `result` still ends its turn); the rest goes to `relay_part` without
+        being parsed or kept. A head that says nothing is dropped with its line.
+        """
+        if isinstance(item, bytes):
+            self._on_line(item)
+        elif isinstance(item, LongLineStart):
+            data = read_head(item.head)
+            if data is None:
+                self._unreadable = item.head[:200]
+            else:
+                data["supervisor"] = {"truncated": True}
+                self._emit(FromCli(Frame(raw=item.head, data=data, partial=True)))
+        elif isinstance(item, LongLinePart):
+            if self._relay_part is not None:
+                await self._relay_part(item.data)
+        elif isinstance(item, LongLineEnd):
+            if self._relay_part is not None:
+                await self._relay_part(None)
+            if self._unreadable is not None:
+                why = "its start does not say what frame it is, so it was dropped"
+                error = line_too_long(item.size, self._max_line_bytes, why)
+                preview = self._unreadable.decode("utf-8", errors="replace")
+                self._unreadable = None
+                self._emit(BadLine("cli", FramingError(error.code, error.message, preview)))
 
     def _on_line(self, line: bytes | FramingError) -> None:
         frame = decode_line(line) if isinstance(line, bytes) else line

@@ -30,6 +30,10 @@ from ._report import CancelReport
 #: of the CLI's tree (`kill_timeout`), before they are dropped.
 STOP_WRITE_GRACE = 1.0
 
+#: How far the writer may fall behind an over-long line being relayed before the reading
+#: of the CLI's output waits for it.
+RELAY_BUFFER_BYTES = 1024 * 1024
+
 
 class Relay:
     def __init__(
@@ -46,12 +50,20 @@ class Relay:
             max_line_bytes=config.max_line_bytes,
             deliver=self._deliver,
             cancel_done=self._record_report,
+            deliver_part=self._deliver_part,
         )
         self._out_send, self._out_receive = trio.open_memory_channel[bytes](math.inf)
         self._stopped_by: int | None = None
         #: Once stopping, writes to stdout must end by this time (see `_stop`).
         self._write_deadline = math.inf
         self._write_scope = trio.CancelScope()  # the write under way
+        # An over-long CLI line is relayed in pieces (see `_deliver_part`): meanwhile
+        # other frames wait, so that none is written into the middle of it.
+        self._streaming = False
+        self._held: list[bytes] = []
+        self._queued_bytes = 0  # given to the writer, not yet written
+        self._drained = trio.Event()
+        self._writer_gone = False
 
     async def run(self) -> int:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
@@ -63,6 +75,8 @@ class Relay:
                 await nursery.start(self.driver.run)
                 nursery.start_soon(self._read_stdin)
                 await self.driver.finished.wait()
+                if self._streaming:  # the CLI's output ended inside the line: end it
+                    self._end_stream()
                 if self._stopped_by is not None:
                     # The last frames (the stopped turn's result) get their own grace.
                     grace = trio.current_time() + STOP_WRITE_GRACE
@@ -75,8 +89,43 @@ class Relay:
         return self.driver.exit_code if self.driver.exit_code is not None else 1
 
     def _deliver(self, frame: Frame, turn: int | None) -> None:
+        if self._streaming:
+            self._held.append(frame.raw + b"\n")
+        elif frame.partial:  # the head of an over-long line: the rest follows
+            self._streaming = True
+            self._send(frame.raw)
+        else:
+            self._send(frame.raw + b"\n")
+
+    async def _deliver_part(self, data: bytes | None) -> None:
+        """More of the over-long line whose head was delivered (None: its end).
+
+        Waits while the writer is behind, so that the CLI (whose pipe then fills) and not
+        our memory absorbs a slow reader. Pieces of a line the machine did not relay (one
+        of our own answers, say) are dropped.
+        """
+        if not self._streaming:
+            return
+        if data is not None:
+            self._send(data)
+            while self._queued_bytes > RELAY_BUFFER_BYTES and not self._writer_gone:
+                self._drained = trio.Event()
+                await self._drained.wait()
+            return
+        self._end_stream()
+
+    def _end_stream(self) -> None:
+        """The over-long line is complete: end it, then write what waited behind it."""
+        self._streaming = False
+        self._send(b"\n")
+        held, self._held = self._held, []
+        for line in held:
+            self._send(line)
+
+    def _send(self, data: bytes) -> None:
         with contextlib.suppress(trio.ClosedResourceError):
-            self._out_send.send_nowait(frame.raw + b"\n")
+            self._out_send.send_nowait(data)
+            self._queued_bytes += len(data)
 
     def _record_report(self, report: CancelReport | None) -> None:
         path = self._config.report_file
@@ -122,6 +171,9 @@ class Relay:
                     self._write_scope = trio.CancelScope(deadline=self._write_deadline)
                     with self._write_scope:
                         await stdout.send_all(data)
+                    self._queued_bytes -= len(data)
+                    if self._queued_bytes <= RELAY_BUFFER_BYTES:
+                        self._drained.set()
                     if self._write_scope.cancelled_caught:
                         unwritten = 1  # possibly cut short
                         break
@@ -129,6 +181,8 @@ class Relay:
             # Nobody reads our output any more: the parent is gone. Stop the session.
             self.driver.dispatch(m.EndOfInput(drain=False))
         finally:
+            self._writer_gone = True
+            self._drained.set()
             with trio.CancelScope(shield=True):
                 async for _ in self._out_receive:
                     unwritten += 1 if self._write_scope.cancelled_caught else 0

@@ -517,3 +517,87 @@ async def test_a_reader_that_pauses_loses_nothing(fake_claude: Path, home: Path)
         assert await w.wait() == 0
     finally:
         await w.kill()
+
+
+# ---------------------------------------------------------------- lines over the cap
+
+
+async def test_a_result_over_max_line_bytes_is_relayed_whole_and_ends_its_turn(
+    fake_claude: Path, home: Path
+) -> None:
+    """A 2 MB answer with a 1 MiB cap: the result repeats it, and must not be lost."""
+    w = await Wrapper.start(supervisor_argv(fake_claude, "--max-line-bytes", str(1024 * 1024)))
+    try:
+        await w.send(user("[[fake: huge_result=2000000]]"), user("next"))
+        await w.close_stdin()
+        frames = await w.read_to_end(timeout=60)
+        results = [(f, raw) for f, raw in zip(frames, w.raw_lines, strict=True) if is_result(f)]
+        [(big, raw), (after, _)] = results
+        assert len(big["result"]) == 2_000_000
+        # Unchanged bytes: the fake writes json.dumps' default form, which this reproduces.
+        assert raw == json.dumps(big, ensure_ascii=False).encode()
+        assert after["result"] == "reply #2 to: next"  # the queue behind it ran
+        assert not [f for f in frames if f.get("subtype") == "supervisor_error"]
+        assert await w.wait() == 0  # and EOF still ends the session
+    finally:
+        await w.kill()
+
+
+async def test_the_system_init_and_result_pass_the_smallest_cap(
+    fake_claude: Path, home: Path
+) -> None:
+    w = await Wrapper.start(supervisor_argv(fake_claude, "--max-line-bytes", "1024"))
+    try:
+        await w.send(user("[[fake: huge_result=3000]]"), user("[[fake: tool=60]]"))
+        [first] = await w.results(1)
+        assert len(first["result"]) == 3000 and first["subtype"] == "success"
+        await w.expect(is_tool_use)
+        await w.send({"type": "cancel_turn"})  # the ladder works past long lines too
+        assert (await w.expect(is_result))["is_error"] is True
+        await w.expect(is_system("supervisor_cancel"))
+    finally:
+        await w.kill()
+
+
+async def test_a_200_mb_line_is_relayed_in_bounded_memory(fake_claude: Path, home: Path) -> None:
+    size = 200_000_000
+    w = await Wrapper.start(supervisor_argv(fake_claude, "--max-line-bytes", str(1024 * 1024)))
+    try:
+        await w.send(user(f"[[fake: huge_result={size}]]"), user("next"))
+        assert w.process.stdout is not None
+        lines: list[int] = [0]  # the length of each line read so far
+        heads: list[bytes] = [b""]
+        peak = 0
+        with trio.fail_after(120):
+            while len(lines) < 7:  # init, assistant, result; init, assistant, result
+                chunk = await w.process.stdout.receive_some()
+                assert chunk, "the wrapper's output ended early"
+                for i, piece in enumerate(chunk.split(b"\n")):
+                    if i:
+                        lines.append(0)
+                        heads.append(b"")
+                    lines[-1] += len(piece)
+                    heads[-1] = (heads[-1] + piece)[:100]
+                peak = max(peak, _peak_rss(w.process.pid))
+        assert [h[:17] for h in heads[:6]] == [
+            b'{"type": "system"',
+            b'{"type": "assista',
+            b'{"type": "result"',
+            b'{"type": "system"',
+            b'{"type": "assista',
+            b'{"type": "result"',
+        ]
+        assert size < lines[2] < size + 10_000
+        assert peak < 150 * 1024 * 1024  # generous: far below the 200 MB line
+    finally:
+        await w.close_stdin()
+        await w.wait(60)
+        await w.kill()
+
+
+def _peak_rss(pid: int) -> int:
+    """The process's peak resident set so far (Linux's VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")

@@ -23,7 +23,16 @@ from wrapper_harness import Wrapper, is_result, is_system, supervisor_argv
 from wrapper_harness import user as user_frame
 
 from supervisor import _machine as m
-from supervisor._framing import Frame, FramingError, LineSplitter, decode_line
+from supervisor._framing import (
+    Frame,
+    FramingError,
+    LineSplitter,
+    LineStreamer,
+    LongLinePart,
+    LongLineStart,
+    decode_line,
+    read_head,
+)
 
 # ------------------------------------------------------------------------ framing
 
@@ -93,9 +102,46 @@ def test_an_over_long_line_is_not_buffered() -> None:
     splitter = LineSplitter(1024)
     for _ in range(1000):
         assert list(splitter.feed(b"x" * 4096)) == []
-        assert len(splitter._buffer) <= 1024
+        assert len(splitter._lines._buffer) <= 1024
     [error] = list(splitter.feed(b"\n{}\n"))[:1]
     assert isinstance(error, FramingError) and "4096000 bytes" in error.message
+
+
+@given(st.lists(st.binary(max_size=300), max_size=30), st.integers(1, 64))
+def test_the_streamer_gives_back_every_byte(chunks: list[bytes], cap: int) -> None:
+    """Short lines whole, long ones in pieces: joined again, they are the input's lines."""
+    streamer = LineStreamer(cap)
+    lines: list[bytes] = []
+    current: bytearray | None = None
+    for item in [i for chunk in chunks for i in streamer.feed(chunk)] + list(streamer.close()):
+        if isinstance(item, bytes):
+            assert current is None and len(item) <= cap
+            lines.append(item)
+        elif isinstance(item, LongLineStart):
+            assert current is None and len(item.head) == cap
+            current = bytearray(item.head)
+        elif isinstance(item, LongLinePart):
+            assert current is not None
+            current += item.data
+        else:
+            assert current is not None and item.size == len(current) > cap
+            lines.append(bytes(current))
+            current = None
+    expected = [line for line in b"".join(chunks).split(b"\n") if line.strip()]
+    assert lines == expected
+
+
+def test_the_head_of_a_long_line_says_what_it_is() -> None:
+    answer = "x" * 5000
+    result = json.dumps({"type": "result", "subtype": "success", "result": answer}).encode()
+    assert read_head(result[:1024]) == {"type": "result", "subtype": "success"}
+    response = {"subtype": "success", "request_id": "r-1", "response": {"big": answer}}
+    line = json.dumps({"type": "control_response", "response": response}).encode()
+    head = read_head(line[:1024])
+    assert head is not None and head["response"]["request_id"] == "r-1"
+    assert read_head(b'{"a": ' * 100_000) is None  # deep, and no type: unreadable
+    assert read_head(b"[" + b"1," * 1000) is None
+    assert read_head(b'{"type": 3, "x": "' + b"y" * 2000) is None
 
 
 # ------------------------------------------------------------------------ machine
