@@ -572,7 +572,7 @@ async def test_a_200_mb_line_is_relayed_in_bounded_memory(fake_claude: Path, hom
             while len(lines) < 7:  # init, assistant, result; init, assistant, result
                 chunk = await w.process.stdout.receive_some()
                 assert chunk, "the wrapper's output ended early"
-                for i, piece in enumerate(chunk.split(b"\n")):
+                for i, piece in enumerate(bytes(chunk).split(b"\n")):
                     if i:
                         lines.append(0)
                         heads.append(b"")
