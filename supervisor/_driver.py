@@ -6,9 +6,10 @@ No action blocks: writes are queued to the CLI's writer task, kills run in their
 tasks and come back as events. So the machine sees events in the order they happened,
 and a library call such as `send()` knows its turn's id when it returns.
 
-A CLI line longer than `max_line_bytes` reaches `deliver` as a partial frame (its
-head); the rest of it goes to `deliver_part`, piece by piece, without the machine. Without
-`deliver_part` (the library), the rest is dropped.
+A CLI line longer than `max_line_bytes` reaches `deliver` as a partial frame (what
+could be read of it); its bytes go to `deliver_part`, piece by piece, without the
+machine (see `_process.RelayPart`). Without `deliver_part` (the library), they are
+dropped.
 
 The only timer is one task whose cancel scope's deadline is kept equal to the
 machine's `deadline`, so moving a deadline costs nothing.

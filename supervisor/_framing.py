@@ -9,8 +9,8 @@ Lines can be large (a tool result or an image can be megabytes; the official SDK
 cap on what is buffered to parse one line is configurable, and a line that is not a JSON
 object becomes an error value rather than an exception: one bad line must not end a
 session. A line over the cap is not buffered whole: `LineStreamer` hands out its head
-(the first cap bytes, which say what the line is: see `read_head`) and then the rest in
-pieces, so the CLI's over-long lines can be relayed unchanged in bounded memory;
+(the first cap bytes, which usually say what the line is: see `read_head`) and then the
+rest in pieces, so the CLI's over-long lines can be relayed unchanged in bounded memory;
 `LineSplitter` drops them with an error (the parent's side, where a frame must be parsed
 to be acted on).
 
@@ -37,8 +37,10 @@ class Frame:
 
     raw: bytes
     data: dict[str, Any]
-    #: A CLI line over the cap: `raw` is only its head, `data` what the head says (see
-    #: `read_head`); the rest of the line follows in pieces, outside the frame.
+    #: A CLI line over the cap: `data` holds what could be read of it (see `read_head`,
+    #: `MemberScanner`) and `raw` what is still to be written of it: its head, the rest
+    #: following in pieces outside the frame, or nothing when the whole line has already
+    #: been relayed (its type came after a long value, so it was known only at its end).
     partial: bool = False
 
     @property
@@ -223,9 +225,10 @@ def read_head(head: bytes) -> dict[str, Any] | None:
     they are complete (an object cut short is read as far as it goes), or None when the
     head is not the start of a JSON object with a string `type`.
 
-    The CLI writes `type` (and `subtype`) first, and a `control_response` its
-    `request_id` before the answer, so a head of 1 KiB (the smallest cap) tells a
-    `result` from an `assistant` frame, and one of our own answers from the parent's.
+    The CLI writes most frames' `type` (and `subtype`) first, and a `control_response`
+    its `request_id` before the answer, so a head of 1 KiB (the smallest cap) tells what
+    they are, and one of our own answers from the parent's. Not a `result`: the real
+    CLI writes its `type` after the answer (see `MemberScanner`).
     """
     text = head.decode("utf-8", errors="ignore")  # the cut may split a character
     start = _skip(text, 0)
@@ -262,6 +265,109 @@ def _partial_object(text: str, start: int, depth: int) -> dict[str, Any]:
         if not text.startswith(",", i):
             return data
         i += 1
+
+
+def starts_an_object(head: bytes) -> bool:
+    return head.lstrip(b" \t\r").startswith(b"{")
+
+
+class MemberScanner:
+    """Finds the top-level members of a JSON object fed in pieces, in bounded memory.
+
+    The real CLI writes a `result`'s `type` *after* its `result` (the answer, however
+    long), so the head of an over-long result does not say what it is; this reads the
+    whole line as it passes and keeps each top-level member whose key and value are short
+    (`type`, `subtype`, `is_error`...). Strings are skipped by a regular expression, so a
+    long answer costs little.
+    """
+
+    _STRING_BODY = re.compile(rb'(?:[^"\\]++|\\.)*+', re.DOTALL)
+    _STRUCTURE = re.compile(rb'["{}\[\]:,]')
+    LIMIT = 256
+
+    def __init__(self) -> None:
+        self.members: dict[str, Any] = {}
+        self._depth = 0
+        self._in_string = False
+        self._escape = False  # a backslash ended the last piece, inside a string
+        self._key: bytes | None = None
+        self._buffer = bytearray()
+        self._overflow = False
+
+    def feed(self, data: bytes) -> None:
+        i, n = 0, len(data)
+        if self._escape and n:
+            self._capture(data[:1])
+            self._escape, i = False, 1
+        while i < n:
+            if self._in_string:
+                end = self._STRING_BODY.match(data, i).end()  # type: ignore[union-attr]
+                if end < n and data[end] == ord('"'):
+                    self._capture(data[i : end + 1])
+                    self._in_string, i = False, end + 1
+                else:  # the string goes on in the next piece (maybe after a backslash)
+                    self._capture(data[i:])
+                    self._escape = end < n
+                    return
+                continue
+            match = self._STRUCTURE.search(data, i)
+            if match is None:
+                self._capture(data[i:])
+                return
+            j = match.start()
+            self._capture(data[i:j])
+            self._structure(data[j : j + 1])
+            i = j + 1
+
+    def _structure(self, char: bytes) -> None:
+        if char == b'"':
+            self._in_string = True
+            self._capture(char)
+        elif char in (b"{", b"["):
+            self._depth += 1
+            if self._depth == 1:
+                self._start_member()
+            else:
+                self._capture(char)
+        elif char in (b"}", b"]"):
+            if self._depth == 1:
+                self._end_member()
+            else:
+                self._capture(char)
+            self._depth -= 1
+        elif self._depth == 1 and char == b":":
+            self._key = None if self._overflow else bytes(self._buffer)
+            self._buffer.clear()
+            self._overflow = False
+        elif self._depth == 1 and char == b",":
+            self._end_member()
+            self._start_member()
+        else:
+            self._capture(char)
+
+    def _capture(self, data: bytes) -> None:
+        if self._depth < 1 or self._overflow:
+            return
+        if len(self._buffer) + len(data) > self.LIMIT:
+            self._overflow = True
+            self._buffer.clear()
+        else:
+            self._buffer += data
+
+    def _start_member(self) -> None:
+        self._key = None
+        self._buffer.clear()
+        self._overflow = False
+
+    def _end_member(self) -> None:
+        if self._key is not None and not self._overflow:
+            try:
+                key, value = json.loads(self._key), json.loads(self._buffer)
+            except ValueError:
+                return
+            if isinstance(key, str):
+                self.members.setdefault(key, value)
+        self._key = None
 
 
 def _skip(text: str, i: int) -> int:

@@ -29,19 +29,22 @@ from ._framing import (
     LongLineEnd,
     LongLinePart,
     LongLineStart,
+    MemberScanner,
     StreamItem,
     decode_line,
     line_too_long,
     read_head,
+    starts_an_object,
 )
 from ._machine import BadLine, CliExited, CliSpawned, Event, FromCli, SpawnFailed
 
 #: How much of the CLI's stderr is kept to explain a failure.
 STDERR_TAIL_BYTES = 4096
 
-#: Takes the rest of an over-long line whose head was delivered, piece by piece, then
-#: None at its end; awaiting it is the backpressure that keeps memory bounded.
-RelayPart = Callable[[bytes | None], Awaitable[None]]
+#: Takes an over-long line in pieces: its start (only when its head did not say what it
+#: is: otherwise the head comes as a partial frame, through the machine), the rest as
+#: it comes, then its end. Awaiting it is the backpressure that keeps memory bounded.
+RelayPart = Callable[[LongLineStart | LongLinePart | LongLineEnd], Awaitable[None]]
 
 
 class CliProcess:
@@ -64,8 +67,10 @@ class CliProcess:
         self._max_line_bytes = max_line_bytes
         self._emit = emit
         self._relay_part = relay_part
-        #: The start of an over-long line being read whose head said nothing (dropped).
+        #: The start of an over-long line being read that is not a frame (dropped).
         self._unreadable: bytes | None = None
+        #: Reads an over-long line whose head did not say what it is, as it passes.
+        self._scanner: MemberScanner | None = None
         self._stderr_fd = _stderr_fd() if stderr is None else stderr
         self._helper: trio.Process | None = None
         self._cli: psutil.Process | None = None
@@ -221,27 +226,41 @@ class CliProcess:
     async def _on_item(self, item: StreamItem) -> None:
         """A line, or a piece of one over the cap: that one is relayed as it comes.
 
-        Its head says what it is (`read_head`), so the machine can route it like any
-        frame (a `result` still ends its turn); the rest goes to `relay_part` without
-        being parsed or kept. A head that says nothing is dropped with its line.
+        When its head says what it is (`read_head`; the CLI writes most frames' `type`
+        first), the machine routes it at once like any frame and the rest goes to
+        `relay_part`. When it does not (the real CLI writes a `result`'s `type` after
+        the answer), the line is relayed as it comes and read as it passes
+        (`MemberScanner`); at its end the machine gets what it was, so a long `result`
+        still ends its turn. A line that does not even start a JSON object is dropped.
         """
         if isinstance(item, bytes):
             self._on_line(item)
         elif isinstance(item, LongLineStart):
             data = read_head(item.head)
-            if data is None:
-                self._unreadable = item.head[:200]
-            else:
+            if data is not None:
                 data["supervisor"] = {"truncated": True}
                 self._emit(FromCli(Frame(raw=item.head, data=data, partial=True)))
+            elif starts_an_object(item.head):
+                self._scanner = MemberScanner()
+                self._scanner.feed(item.head)
+                if self._relay_part is not None:
+                    await self._relay_part(item)
+            else:
+                self._unreadable = item.head[:200]
         elif isinstance(item, LongLinePart):
+            if self._scanner is not None:
+                self._scanner.feed(item.data)
             if self._relay_part is not None:
-                await self._relay_part(item.data)
+                await self._relay_part(item)
         elif isinstance(item, LongLineEnd):
             if self._relay_part is not None:
-                await self._relay_part(None)
-            if self._unreadable is not None:
-                why = "its start does not say what frame it is, so it was dropped"
+                await self._relay_part(item)
+            if self._scanner is not None:
+                data = {**self._scanner.members, "supervisor": {"truncated": True}}
+                self._scanner = None
+                self._emit(FromCli(Frame(raw=b"", data=data, partial=True)))
+            elif self._unreadable is not None:
+                why = "it does not start a JSON object, so it was dropped"
                 error = line_too_long(item.size, self._max_line_bytes, why)
                 preview = self._unreadable.decode("utf-8", errors="replace")
                 self._unreadable = None

@@ -23,7 +23,15 @@ from . import _machine as m
 from . import _protocol as protocol
 from ._config import WrapperConfig
 from ._driver import Driver
-from ._framing import Frame, FramingError, LineSplitter, decode_line
+from ._framing import (
+    Frame,
+    FramingError,
+    LineSplitter,
+    LongLineEnd,
+    LongLinePart,
+    LongLineStart,
+    decode_line,
+)
 from ._report import CancelReport
 
 #: Once stopping, how long the frames for stdout may wait for a reader, beyond the kill
@@ -91,28 +99,34 @@ class Relay:
     def _deliver(self, frame: Frame, turn: int | None) -> None:
         if self._streaming:
             self._held.append(frame.raw + b"\n")
-        elif frame.partial:  # the head of an over-long line: the rest follows
-            self._streaming = True
-            self._send(frame.raw)
+        elif frame.partial:  # an over-long line: its head, the rest follows (or is written)
+            if frame.raw:
+                self._streaming = True
+                self._send(frame.raw)
         else:
             self._send(frame.raw + b"\n")
 
-    async def _deliver_part(self, data: bytes | None) -> None:
-        """More of the over-long line whose head was delivered (None: its end).
+    async def _deliver_part(self, item: LongLineStart | LongLinePart | LongLineEnd) -> None:
+        """An over-long line, in pieces (see `RelayPart`).
 
-        Waits while the writer is behind, so that the CLI (whose pipe then fills) and not
-        our memory absorbs a slow reader. Pieces of a line the machine did not relay (one
-        of our own answers, say) are dropped.
+        Its start comes here only when the machine could not be told what the line is
+        before its end: it is written at once. Waits while the writer is behind, so that
+        the CLI (whose pipe then fills) and not our memory absorbs a slow reader. Pieces
+        of a line the machine did not relay (one of our own answers, say) are dropped.
         """
-        if not self._streaming:
+        if isinstance(item, LongLineStart):
+            self._streaming = True
+            self._send(item.head)
+        elif not self._streaming:
             return
-        if data is not None:
-            self._send(data)
-            while self._queued_bytes > RELAY_BUFFER_BYTES and not self._writer_gone:
-                self._drained = trio.Event()
-                await self._drained.wait()
+        elif isinstance(item, LongLineEnd):
+            self._end_stream()
             return
-        self._end_stream()
+        else:
+            self._send(item.data)
+        while self._queued_bytes > RELAY_BUFFER_BYTES and not self._writer_gone:
+            self._drained = trio.Event()
+            await self._drained.wait()
 
     def _end_stream(self) -> None:
         """The over-long line is complete: end it, then write what waited behind it."""

@@ -30,6 +30,7 @@ from supervisor._framing import (
     LineStreamer,
     LongLinePart,
     LongLineStart,
+    MemberScanner,
     decode_line,
     read_head,
 )
@@ -142,6 +143,39 @@ def test_the_head_of_a_long_line_says_what_it_is() -> None:
     assert read_head(b'{"a": ' * 100_000) is None  # deep, and no type: unreadable
     assert read_head(b"[" + b"1," * 1000) is None
     assert read_head(b'{"type": 3, "x": "' + b"y" * 2000) is None
+
+
+@given(
+    st.dictionaries(
+        st.text(max_size=8),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=300),
+            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+            max_leaves=6,
+        ),
+        max_size=6,
+    ),
+    st.lists(st.integers(1, 400), min_size=1, max_size=50),
+    st.booleans(),
+)
+def test_the_scanner_reads_the_short_top_level_members(
+    obj: dict[str, Any], cuts: list[int], ascii_only: bool
+) -> None:
+    """What the supervisor learns of a line over the cap, cut anywhere, whatever it holds."""
+    raw = json.dumps(obj, ensure_ascii=ascii_only).encode()
+    scanner = MemberScanner()
+    start = 0
+    for cut in cuts * (len(raw) // sum(cuts) + 1):
+        scanner.feed(raw[start : start + cut])
+        start += cut
+    for key, value in scanner.members.items():
+        assert obj[key] == value
+    for key, value in obj.items():
+        if (
+            len(json.dumps(key, ensure_ascii=ascii_only).encode()) < 200
+            and len(json.dumps(value, ensure_ascii=ascii_only).encode()) < 200
+        ):
+            assert key in scanner.members
 
 
 # ------------------------------------------------------------------------ machine

@@ -156,7 +156,8 @@ true/false, yes/no, on/off), so a message can switch off an env directive.
 ``huge_result=BYTES``
     The result's ``result`` text (``reply #N to: ...`` padded with ``x``) is exactly
     BYTES characters long; the line is written in pieces of 1 MiB, so even a line of
-    hundreds of megabytes costs the fake little memory.
+    hundreds of megabytes costs the fake little memory. As in the real CLI's results,
+    ``type`` comes after ``result`` in that line.
 ``garbage``
     Write the non-JSON line ``this is not json {`` before the result.
 
@@ -1173,7 +1174,9 @@ class FakeClaude:
         reply = f"reply #{len(self.history)} to: {turn.text}"
         frame = self.result_frame(turn, "success", is_error=False, reason="completed")
         if turn.directives.huge_result is not None:
-            self.out.padded_frame(frame | {"result": reply}, "result", turn.directives.huge_result)
+            del frame["type"]  # after the answer, as the real CLI writes it
+            real_order = frame | {"result": reply, "type": "result"}
+            self.out.padded_frame(real_order, "result", turn.directives.huge_result)
         else:
             self.out.frame(frame | {"result": reply})
         self.transcript.record_reply(reply, interrupted=False)

@@ -177,3 +177,27 @@ async def test_sigterm_after_stdin_eof_stops_a_stubborn_tool_within_kill_timeout
         assert result["is_error"] is True
     finally:
         await w.kill()
+
+
+async def test_the_clis_lines_pass_the_smallest_max_line_bytes(
+    claude_cli: Path, cli_env: dict[str, str], workdir: Path
+) -> None:
+    """With a 1 KiB cap, the real CLI's system/init (~2.8 KB) and result (~2 KB plus the
+    answer) are over it: they are relayed whole, and the result still ends its turn."""
+    argv = ["--claude", str(claude_cli), "--max-line-bytes", "1024", "--", *ARGS]
+    w = await Wrapper.start(argv, env=cli_env, cwd=workdir)
+    try:
+        prompt = "y" * 800
+        await w.send(user(prompt), user("next"))
+        await w.close_stdin()
+        frames = await w.read_to_end(60)
+        assert await w.wait(30) == 0
+        sizes = {f.get("type"): len(raw) for f, raw in zip(frames, w.raw_lines, strict=True)}
+        assert sizes["system"] > 1024 and sizes["result"] > 1024
+        assert [f["result"] for f in frames if is_result(f)] == [
+            "reply #1 to: " + prompt,
+            "reply #2 to: next",
+        ]
+        assert not [f for f in frames if f.get("subtype") == "supervisor_error"]
+    finally:
+        await w.kill()
