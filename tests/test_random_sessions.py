@@ -4,9 +4,10 @@ Where tests/test_properties.py runs thousands of sequences against a model of th
 this runs fewer, slower ones against the real thing: the wrapper over pipes, the fake
 CLI misbehaving as each turn's directives say, real tool processes (deep trees, `setsid`
 escapees, children ignoring SIGTERM), SIGINTs to the wrapper, cancels and supersedes at
-random moments. Afterwards: every user frame got exactly one result, nothing was merged,
-every cancel ended within its deadlines, no tool process survived, and the wrapper
-exits 0 at end of input. `HYPOTHESIS_PROFILE=long` runs many more.
+random moments, a parent that stops reading for a while, lines over the cap.
+Afterwards: every user frame got exactly one result, nothing was merged, every cancel
+ended within its deadlines, no tool process survived, and the wrapper exits 0 at end of
+input. `HYPOTHESIS_PROFILE=long` runs many more.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ directives = st.sampled_from(
         "stream=30",
         "crash",
         "garbage",
+        "huge=2000000",  # floods the pipe, so that a stalled reader matters
+        "huge_result=2000000",  # over the --max-line-bytes below: relayed in pieces
     ]
 )
 steps = st.one_of(
@@ -47,9 +50,11 @@ steps = st.one_of(
     st.tuples(st.just("cancel"), st.booleans()),
     st.tuples(st.just("sigint"), st.none()),
     st.tuples(st.just("pause"), st.sampled_from([0.05, 0.3, 1.0])),
+    st.tuples(st.just("stall"), st.sampled_from([0.5, 2.0])),  # the parent stops reading
 )
 
 FLAGS = ["--interrupt-timeout", "0.3", "--sigint-timeout", "1", "--kill-timeout", "0.3"]
+FLAGS += ["--max-line-bytes", str(1024 * 1024)]
 #: A cancel must end within the ladder's deadlines plus a generous respawn allowance.
 CANCEL_BOUND_MS = (0.3 + 1 + 0.3 + 5 + 10) * 1000
 
@@ -79,6 +84,9 @@ class Session:
             await w.send({"type": "cancel_turn", "cancel_queued": arg})
         elif kind == "sigint":
             w.signal(signal.SIGINT)
+        elif kind == "stall":
+            assert isinstance(arg, float)
+            await trio.sleep(arg)  # reading nothing while the CLI may flood: that is the step
         await self.drain(arg if kind == "pause" and isinstance(arg, float) else 0.05)
 
     async def finish(self) -> None:
