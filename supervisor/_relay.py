@@ -97,12 +97,13 @@ class Relay:
         return self.driver.exit_code if self.driver.exit_code is not None else 1
 
     def _deliver(self, frame: Frame, turn: int | None) -> None:
+        if frame.partial and not frame.raw:
+            return  # an over-long line already written as it came (see `_deliver_part`)
         if self._streaming:
             self._held.append(frame.raw + b"\n")
-        elif frame.partial:  # an over-long line: its head, the rest follows (or is written)
-            if frame.raw:
-                self._streaming = True
-                self._send(frame.raw)
+        elif frame.partial:  # the head of an over-long line: the rest follows in pieces
+            self._streaming = True
+            self._send(frame.raw)
         else:
             self._send(frame.raw + b"\n")
 
