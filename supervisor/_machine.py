@@ -752,6 +752,7 @@ class SessionMachine:
             self._finish(1, out)
             return
         if purpose is Purpose.CLOSE:
+            self._answer_held(self._why_unanswered(purpose), out)
             self._finish(_exit_code(event.returncode), out)
             return
         if esc is None:
@@ -766,6 +767,19 @@ class SessionMachine:
             )
         esc.rung = Rung.RESPAWN
         out.extend(self._spawn(resume_args(self.args, self.session_id), now, respawn=True))
+
+    def _answer_held(self, why: str, out: list[Action]) -> None:
+        """Control requests held for a CLI that will not come back get their answer."""
+        for held in [item for item in self._queue if isinstance(item, Frame)]:
+            self._queue.remove(held)
+            if held.type == "control_request":
+                request_id = held.data.get("request_id")
+                answer = (
+                    protocol.control_success(request_id)
+                    if _is_interrupt(held)
+                    else protocol.control_error(request_id, why)
+                )
+                out.append(Deliver(answer, None))
 
     def _why_unanswered(self, purpose: Purpose | None) -> str:
         if self._failed is not None:

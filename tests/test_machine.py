@@ -392,6 +392,19 @@ def test_terminate_kills_the_tree_at_once_even_after_stdin_eof() -> None:
     assert h.results_by_turn()[1][0]["terminal_reason"] == "cancelled"
 
 
+def test_control_requests_held_during_the_final_kill_are_answered() -> None:
+    h = Harness()
+    h.cli(init())
+    h.feed(m.Terminate())
+    interrupt = frame(type="control_request", request_id="i1", request={"subtype": "interrupt"})
+    model = frame(type="control_request", request_id="m1", request={"subtype": "set_model"})
+    assert h.written(h.user(interrupt) + h.user(model)) == []  # held: the CLI is being killed
+    actions = h.feed(m.CliExited(-15))
+    answers = {d["response"]["request_id"]: d["response"]["subtype"] for d, _ in h.delivered()}
+    assert answers == {"i1": "success", "m1": "error"}
+    assert any(isinstance(a, m.Finished) for a in actions)
+
+
 def test_terminate_during_a_cancel_ends_it_without_a_report() -> None:
     h = Harness()
     running(h)

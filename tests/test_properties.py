@@ -60,6 +60,7 @@ class SupervisedSession(RuleBasedStateMachine):
         super().__init__()
         self.world = World()
         self.requests = 0
+        self.terminated_at: float | None = None
 
     @initialize(fault=resume_faults)
     def first_resume_fault(self, fault: ResumeFault) -> None:
@@ -99,6 +100,23 @@ class SupervisedSession(RuleBasedStateMachine):
     @rule(seconds=st.floats(0.001, 8.0))
     def wait(self, seconds: float) -> None:
         self.world.run_for(seconds)
+
+    @precondition(_open)
+    @rule(data=st.data())
+    def terminate_like_sigterm(self, data: st.DataObject) -> None:
+        # Rare, as it ends the session: most sequences must go on to test the rest.
+        if data.draw(st.integers(0, 9)) == 0:
+            if self.terminated_at is None:
+                self.terminated_at = self.world.now
+            self.world.terminate()
+
+    @invariant()
+    def a_terminate_ends_the_session_within_the_kill(self) -> None:
+        world = self.world
+        if self.terminated_at is None or world.machine.finished:
+            return
+        if world.now - self.terminated_at > world.policy.reap_timeout:
+            raise Violation(f"not finished {world.now - self.terminated_at} s after SIGTERM")
 
     @rule(fault=resume_faults)
     def next_respawn_misbehaves(self, fault: ResumeFault) -> None:
@@ -145,6 +163,10 @@ class SupervisedSession(RuleBasedStateMachine):
         unanswered = [r for r, n in world.user_interrupts.items() if n != 1]
         assert not unanswered, f"interrupts not answered exactly once: {unanswered}"
         assert len(world.forwarded) == len(set(world.forwarded)), "a turn was forwarded twice"
+        if self.terminated_at is not None:
+            assert world.machine.finished
+            assert not [p for p in world.processes if p.alive], "SIGTERM left processes"
+            return
         if world.machine.finished:
             assert world.finished == 1  # only a failed resume ends a session here
             return
