@@ -87,7 +87,8 @@ OPTIONS = (
     Option("report_file", "--report-file", Path,
            "append every cancel report to this file, one JSON object a line"),
     Option("max_line_bytes", "--max-line-bytes", _size,
-           f"longest accepted line, in bytes (default {DEFAULT_MAX_LINE_BYTES})"),
+           f"most buffered to parse one line, in bytes; longer CLI lines are relayed in pieces, "
+           f"longer input lines dropped (default {DEFAULT_MAX_LINE_BYTES})"),
     Option("start_timeout", "--start-timeout", _seconds,
            "seconds the CLI may stay silent after a turn is sent to it before the turn counts "
            "as never started and is cancelled (default 60)"),

@@ -6,6 +6,11 @@ No action blocks: writes are queued to the CLI's writer task, kills run in their
 tasks and come back as events. So the machine sees events in the order they happened,
 and a library call such as `send()` knows its turn's id when it returns.
 
+A CLI line longer than `max_line_bytes` reaches `deliver` as a partial frame (what
+could be read of it); its bytes go to `deliver_part`, piece by piece, without the
+machine (see `_process.RelayPart`). Without `deliver_part` (the library), they are
+dropped.
+
 The only timer is one task whose cancel scope's deadline is never later than the
 machine's `deadline`. It is moved only when the machine's deadline comes sooner; a
 deadline that moved later (the stall watchdog's, with every frame the CLI writes) just
@@ -23,7 +28,7 @@ import trio
 
 from . import _machine as m
 from ._framing import Frame
-from ._process import CliProcess
+from ._process import CliProcess, RelayPart
 from ._report import CancelReport
 
 
@@ -40,6 +45,7 @@ class Driver:
         max_line_bytes: int,
         deliver: Callable[[Frame, int | None], None],
         cancel_done: Callable[[CancelReport | None], None] = lambda report: None,
+        deliver_part: RelayPart | None = None,
     ) -> None:
         self.machine = machine
         self._claude = claude
@@ -48,6 +54,7 @@ class Driver:
         self._max_line_bytes = max_line_bytes
         self._deliver = deliver
         self._cancel_done = cancel_done
+        self._deliver_part = deliver_part
         self._process: CliProcess | None = None
         self._nursery: trio.Nursery | None = None
         self._timer = trio.CancelScope()
@@ -141,6 +148,7 @@ class Driver:
             kill_timeout=self.machine.policy.kill_timeout,
             max_line_bytes=self._max_line_bytes,
             emit=self.dispatch,
+            relay_part=self._deliver_part,
         )
         self._nursery.start_soon(self._process.run)
 

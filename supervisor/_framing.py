@@ -5,23 +5,29 @@ frames *as they were written* (unknown fields and types included), so a `Frame` 
 the exact line next to the parsed object: relaying writes `raw` back, untouched.
 
 Lines can be large (a tool result or an image can be megabytes; the official SDK's
-1 MiB default limit is a known complaint), so the cap is configurable, and a line over
-it, or a line that is not a JSON object, becomes an error value rather than an
-exception: one bad line must not end a session.
+1 MiB default limit is a known complaint; a `result` repeats the whole answer), so the
+cap on what is buffered to parse one line is configurable, and a line that is not a JSON
+object becomes an error value rather than an exception: one bad line must not end a
+session. A line over the cap is not buffered whole: `LineStreamer` hands out its head
+(the first cap bytes, which usually say what the line is: see `read_head`) and then the
+rest in pieces, so the CLI's over-long lines can be relayed unchanged in bounded memory;
+`LineSplitter` drops them with an error (the parent's side, where a frame must be parsed
+to be acted on).
 
-No I/O here: `LineSplitter.feed()` takes whatever bytes a read returned.
+No I/O here: `feed()` takes whatever bytes a read returned.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import attrs
 
-#: Default cap on one line (64 MiB): far above any real frame, low enough that a runaway
-#: writer cannot make the supervisor buffer without bound.
+#: Default cap on what is buffered of one line (64 MiB): far above any real frame, low
+#: enough that a runaway writer cannot make the supervisor buffer without bound.
 DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
 
 
@@ -31,6 +37,11 @@ class Frame:
 
     raw: bytes
     data: dict[str, Any]
+    #: A CLI line over the cap: `data` holds what could be read of it (see `read_head`,
+    #: `MemberScanner`) and `raw` what is still to be written of it: its head, the rest
+    #: following in pieces outside the frame, or nothing when the whole line has already
+    #: been relayed (its type came after a long value, so it was known only at its end).
+    partial: bool = False
 
     @property
     def type(self) -> str | None:
@@ -83,12 +94,37 @@ def decode_line(line: bytes) -> Frame | FramingError:
     return Frame(raw=line, data=data)
 
 
-class LineSplitter:
-    """Cuts a byte stream into lines, enforcing a per-line cap.
+@attrs.frozen
+class LongLineStart:
+    """A line went over the cap: its first `max_line_bytes` bytes."""
 
-    A line longer than the cap is not buffered: its bytes are dropped as they come and a
-    single `FramingError("line_too_long")` is produced when its newline arrives (or at
-    end of stream), so memory stays bounded by the cap.
+    head: bytes
+
+
+@attrs.frozen
+class LongLinePart:
+    """More of the over-long line, as it came."""
+
+    data: bytes
+
+
+@attrs.frozen
+class LongLineEnd:
+    """The over-long line ended (its newline, or the end of the stream); `size` in bytes."""
+
+    size: int
+
+
+StreamItem = bytes | LongLineStart | LongLinePart | LongLineEnd
+
+
+class LineStreamer:
+    """Cuts a byte stream into lines; a line over the cap comes out in pieces.
+
+    A line up to `max_line_bytes` (without its newline) comes out whole, as bytes. A
+    longer one comes out as `LongLineStart` (its first `max_line_bytes` bytes), then
+    `LongLinePart`s as its bytes arrive, then `LongLineEnd`: never more than the cap is
+    buffered.
     """
 
     def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
@@ -96,49 +132,244 @@ class LineSplitter:
             raise ValueError("max_line_bytes must be positive")
         self._max = max_line_bytes
         self._buffer = bytearray()
-        self._discarding = 0  # > 0: bytes dropped so far of an over-long line
+        self._long: int | None = None  # bytes so far of an over-long line, if in one
 
-    def feed(self, data: bytes | bytearray) -> Iterator[bytes | FramingError]:
-        """Yields each complete line (without newline) or an error for an over-long one."""
+    @property
+    def max_line_bytes(self) -> int:
+        return self._max
+
+    def feed(self, data: bytes | bytearray) -> Iterator[StreamItem]:
         start = 0
         while True:
             newline = data.find(b"\n", start)
+            yield from self._take(data[start : len(data) if newline < 0 else newline])
             if newline < 0:
-                self._take(data[start:])
                 return
-            self._take(data[start:newline])
             start = newline + 1
             item = self._finish_line()
             if item is not None:
                 yield item
 
-    def close(self) -> Iterator[bytes | FramingError]:
+    def close(self) -> Iterator[StreamItem]:
         """End of stream: a last line without a newline still counts."""
-        if self._buffer or self._discarding:
+        if self._buffer or self._long is not None:
             item = self._finish_line()
             if item is not None:
                 yield item
 
-    def _take(self, chunk: bytes | bytearray) -> None:
+    def _take(self, chunk: bytes | bytearray) -> Iterator[StreamItem]:
         if not chunk:
             return
-        if self._discarding:
-            self._discarding += len(chunk)
+        if self._long is not None:
+            self._long += len(chunk)
+            yield LongLinePart(bytes(chunk))
         elif len(self._buffer) + len(chunk) > self._max:
-            self._discarding = len(self._buffer) + len(chunk)
+            self._long = len(self._buffer) + len(chunk)
+            cut = self._max - len(self._buffer)
+            self._buffer += chunk[:cut]
+            yield LongLineStart(bytes(self._buffer))
             self._buffer.clear()
+            if len(chunk) > cut:
+                yield LongLinePart(bytes(chunk[cut:]))
         else:
             self._buffer += chunk
 
-    def _finish_line(self) -> bytes | FramingError | None:
-        if self._discarding:
-            size, self._discarding = self._discarding, 0
-            return FramingError(
-                "line_too_long",
-                f"a line of {size} bytes is over the cap of {self._max} bytes; it was dropped",
-            )
+    def _finish_line(self) -> StreamItem | None:
+        if self._long is not None:
+            size, self._long = self._long, None
+            return LongLineEnd(size)
         line = bytes(self._buffer)
         self._buffer.clear()
         if not line.strip():
             return None  # blank lines carry nothing; the CLI ignores them too
         return line
+
+
+class LineSplitter:
+    """Cuts a byte stream into lines; a line over the cap is dropped, as an error.
+
+    Its bytes are not kept: one `FramingError("line_too_long")` comes when its newline
+    arrives (or at the end of the stream), so memory stays bounded by the cap.
+    """
+
+    def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+        self._lines = LineStreamer(max_line_bytes)
+
+    def feed(self, data: bytes | bytearray) -> Iterator[bytes | FramingError]:
+        """Yields each complete line (without newline) or an error for an over-long one."""
+        return self._whole(self._lines.feed(data))
+
+    def close(self) -> Iterator[bytes | FramingError]:
+        return self._whole(self._lines.close())
+
+    def _whole(self, items: Iterator[StreamItem]) -> Iterator[bytes | FramingError]:
+        for item in items:
+            if isinstance(item, bytes):
+                yield item
+            elif isinstance(item, LongLineEnd):
+                yield line_too_long(item.size, self._lines.max_line_bytes)
+
+
+def line_too_long(size: int, cap: int, what: str = "it was dropped") -> FramingError:
+    return FramingError(
+        "line_too_long", f"a line of {size} bytes is over the cap of {cap} bytes; {what}"
+    )
+
+
+_SPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+def read_head(head: bytes) -> dict[str, Any] | None:
+    """What the head of an over-long line says it is: its leading members, as far as
+    they are complete (an object cut short is read as far as it goes), or None when the
+    head is not the start of a JSON object with a string `type`.
+
+    The CLI writes most frames' `type` (and `subtype`) first, and a `control_response`
+    its `request_id` before the answer, so a head of 1 KiB (the smallest cap) tells what
+    they are, and one of our own answers from the parent's. Not a `result`: the real
+    CLI writes its `type` after the answer (see `MemberScanner`).
+    """
+    text = head.decode("utf-8", errors="ignore")  # the cut may split a character
+    start = _skip(text, 0)
+    if not text.startswith("{", start):
+        return None
+    data = _partial_object(text, start, depth=8)
+    return data if isinstance(data.get("type"), str) else None
+
+
+def _partial_object(text: str, start: int, depth: int) -> dict[str, Any]:
+    """The members of the object at `text[start]` (a `{`) up to where it is cut; objects
+    cut short are read `depth` levels deep (a frame's useful fields are near the top)."""
+    data: dict[str, Any] = {}
+    i = start + 1
+    while True:
+        i = _skip(text, i)
+        if not text.startswith('"', i):
+            return data
+        try:
+            key, i = _DECODER.raw_decode(text, i)
+        except ValueError:
+            return data
+        i = _skip(text, i)
+        if not text.startswith(":", i):
+            return data
+        i = _skip(text, i + 1)
+        try:
+            data[key], i = _DECODER.raw_decode(text, i)
+        except (ValueError, RecursionError):
+            if depth > 0 and text.startswith("{", i):
+                data[key] = _partial_object(text, i, depth - 1)
+            return data
+        i = _skip(text, i)
+        if not text.startswith(",", i):
+            return data
+        i += 1
+
+
+def starts_an_object(head: bytes) -> bool:
+    return head.lstrip(b" \t\r").startswith(b"{")
+
+
+class MemberScanner:
+    """Finds the top-level members of a JSON object fed in pieces, in bounded memory.
+
+    The real CLI writes a `result`'s `type` *after* its `result` (the answer, however
+    long), so the head of an over-long result does not say what it is; this reads the
+    whole line as it passes and keeps each top-level member whose key and value are short
+    (`type`, `subtype`, `is_error`...). Strings are skipped by a regular expression, so a
+    long answer costs little.
+    """
+
+    _STRING_BODY = re.compile(rb'(?:[^"\\]++|\\.)*+', re.DOTALL)
+    _STRUCTURE = re.compile(rb'["{}\[\]:,]')
+    LIMIT = 256
+
+    def __init__(self) -> None:
+        self.members: dict[str, Any] = {}
+        self._depth = 0
+        self._in_string = False
+        self._escape = False  # a backslash ended the last piece, inside a string
+        self._key: bytes | None = None
+        self._buffer = bytearray()
+        self._overflow = False
+
+    def feed(self, data: bytes) -> None:
+        i, n = 0, len(data)
+        if self._escape and n:
+            self._capture(data[:1])
+            self._escape, i = False, 1
+        while i < n:
+            if self._in_string:
+                end = self._STRING_BODY.match(data, i).end()  # type: ignore[union-attr]
+                if end < n and data[end] == ord('"'):
+                    self._capture(data[i : end + 1])
+                    self._in_string, i = False, end + 1
+                else:  # the string goes on in the next piece (maybe after a backslash)
+                    self._capture(data[i:])
+                    self._escape = end < n
+                    return
+                continue
+            match = self._STRUCTURE.search(data, i)
+            if match is None:
+                self._capture(data[i:])
+                return
+            j = match.start()
+            self._capture(data[i:j])
+            self._structure(data[j : j + 1])
+            i = j + 1
+
+    def _structure(self, char: bytes) -> None:
+        if char == b'"':
+            self._in_string = True
+            self._capture(char)
+        elif char in (b"{", b"["):
+            self._depth += 1
+            if self._depth == 1:
+                self._start_member()
+            else:
+                self._capture(char)
+        elif char in (b"}", b"]"):
+            if self._depth == 1:
+                self._end_member()
+            else:
+                self._capture(char)
+            self._depth -= 1
+        elif self._depth == 1 and char == b":":
+            self._key = None if self._overflow else bytes(self._buffer)
+            self._buffer.clear()
+            self._overflow = False
+        elif self._depth == 1 and char == b",":
+            self._end_member()
+            self._start_member()
+        else:
+            self._capture(char)
+
+    def _capture(self, data: bytes) -> None:
+        if self._depth < 1 or self._overflow:
+            return
+        if len(self._buffer) + len(data) > self.LIMIT:
+            self._overflow = True
+            self._buffer.clear()
+        else:
+            self._buffer += data
+
+    def _start_member(self) -> None:
+        self._key = None
+        self._buffer.clear()
+        self._overflow = False
+
+    def _end_member(self) -> None:
+        if self._key is not None and not self._overflow:
+            try:
+                key, value = json.loads(self._key), json.loads(self._buffer)
+            except ValueError:
+                return
+            if isinstance(key, str):
+                self.members.setdefault(key, value)
+        self._key = None
+
+
+def _skip(text: str, i: int) -> int:
+    match = _SPACE.match(text, i)
+    return match.end() if match else i

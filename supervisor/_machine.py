@@ -72,6 +72,18 @@ class EndOfInput:
 
 
 @attrs.frozen
+class Terminate:
+    """Stop now: the executable's SIGTERM or SIGHUP, or the death of its parent.
+
+    Unlike `EndOfInput`, no graceful wait: the parent wants the session gone (an SDK's
+    close sends SIGTERM only after its own wait for the exit). The CLI's whole tree gets
+    SIGTERM at once, the CLI included, as the bare CLI gets it from the SDK (so it can
+    still save its transcript), and SIGKILL after `kill_timeout`. Queued turns are
+    dropped with a result each; a cancel under way ends without a report.
+    """
+
+
+@attrs.frozen
 class FromCli:
     frame: Frame
 
@@ -127,6 +139,7 @@ Event = (
     | Cancel
     | Supersede
     | EndOfInput
+    | Terminate
     | FromCli
     | CliSpawned
     | SpawnFailed
@@ -377,6 +390,8 @@ class SessionMachine:
                     self._closing = event
                 if not event.drain:
                     self._drop_queued("the session was closed before this turn started", out)
+            case Terminate():
+                self._on_terminate(now, out)
             case FromCli(frame):
                 self._on_cli_frame(frame, now, out)
             case CliSpawned():
@@ -695,6 +710,23 @@ class SessionMachine:
         out.append(KillTree())
         self._step("kill_sent", now)
 
+    def _on_terminate(self, now: float, out: list[Action]) -> None:
+        self._closing = EndOfInput(drain=False)
+        self._drop_queued("the session was stopped before this turn started", out)
+        esc = self._escalation
+        if not self._alive or self._failed is not None:
+            return  # already finished, or already killing the tree
+        if esc is not None and esc.purpose is Purpose.CLOSE and esc.rung is Rung.KILL:
+            return
+        if esc is not None and esc.purpose is Purpose.CANCEL:
+            out.append(CancelDone(None))
+            notice = protocol.supervisor_cancel(None, self.session_id, esc.request_ids)
+            out.append(Deliver(notice, None))
+        self._escalation = _Escalation(
+            purpose=Purpose.CLOSE, started=now, rung=Rung.KILL, deadline=None
+        )
+        self._kill(now, out)
+
     def _on_turn_processes_killed(self, count: int, now: float, out: list[Action]) -> None:
         esc = self._escalation
         if esc is None or esc.rung is not Rung.CLEANUP:
@@ -844,6 +876,7 @@ class SessionMachine:
             self._finish(1, out)
             return
         if purpose is Purpose.CLOSE:
+            self._answer_held(self._why_unanswered(purpose), out)
             self._finish(_exit_code(event.returncode), out)
             return
         if esc is None:
@@ -858,6 +891,19 @@ class SessionMachine:
             )
         esc.rung = Rung.RESPAWN
         out.extend(self._spawn(resume_args(self.args, self.session_id), now, respawn=True))
+
+    def _answer_held(self, why: str, out: list[Action]) -> None:
+        """Control requests held for a CLI that will not come back get their answer."""
+        for held in [item for item in self._queue if isinstance(item, Frame)]:
+            self._queue.remove(held)
+            if held.type == "control_request":
+                request_id = held.data.get("request_id")
+                answer = (
+                    protocol.control_success(request_id)
+                    if _is_interrupt(held)
+                    else protocol.control_error(request_id, why)
+                )
+                out.append(Deliver(answer, None))
 
     def _why_unanswered(self, purpose: Purpose | None) -> str:
         if self._failed is not None:

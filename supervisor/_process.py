@@ -16,17 +16,36 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import psutil
 import trio
 
 from . import _tree as tree
-from ._framing import FramingError, LineSplitter, decode_line
+from ._framing import (
+    Frame,
+    FramingError,
+    LineSplitter,
+    LineStreamer,
+    LongLineEnd,
+    LongLinePart,
+    LongLineStart,
+    MemberScanner,
+    StreamItem,
+    decode_line,
+    line_too_long,
+    read_head,
+    starts_an_object,
+)
 from ._machine import BadLine, CliExited, CliSpawned, Event, FromCli, SpawnFailed
 
 #: How much of the CLI's stderr is kept to explain a failure.
 STDERR_TAIL_BYTES = 4096
+
+#: Takes an over-long line in pieces: its start (only when its head did not say what it
+#: is: otherwise the head comes as a partial frame, through the machine), the rest as
+#: it comes, then its end. Awaiting it is the backpressure that keeps memory bounded.
+RelayPart = Callable[[LongLineStart | LongLinePart | LongLineEnd], Awaitable[None]]
 
 
 class CliProcess:
@@ -40,6 +59,7 @@ class CliProcess:
         max_line_bytes: int,
         emit: Callable[[Event], None],
         stderr: int | None = None,
+        relay_part: RelayPart | None = None,
     ) -> None:
         self._args = list(args)
         self._cwd = cwd
@@ -47,6 +67,11 @@ class CliProcess:
         self._kill_timeout = kill_timeout
         self._max_line_bytes = max_line_bytes
         self._emit = emit
+        self._relay_part = relay_part
+        #: The start of an over-long line being read that is not a frame (dropped).
+        self._unreadable: bytes | None = None
+        #: Reads an over-long line whose head did not say what it is, as it passes.
+        self._scanner: MemberScanner | None = None
         self._stderr_fd = _stderr_fd() if stderr is None else stderr
         self._helper: trio.Process | None = None
         self._cli: psutil.Process | None = None
@@ -224,13 +249,56 @@ class CliProcess:
 
     async def _read_stdout(self) -> None:
         assert self._helper is not None and self._helper.stdout is not None
-        splitter = LineSplitter(self._max_line_bytes)
+        lines = LineStreamer(self._max_line_bytes)
         async with self._helper.stdout as stdout:
             async for chunk in stdout:
-                for line in splitter.feed(chunk):
-                    self._on_line(line)
-        for line in splitter.close():
-            self._on_line(line)
+                for item in lines.feed(chunk):
+                    await self._on_item(item)
+        for item in lines.close():
+            await self._on_item(item)
+
+    async def _on_item(self, item: StreamItem) -> None:
+        """A line, or a piece of one over the cap: that one is relayed as it comes.
+
+        When its head says what it is (`read_head`; the CLI writes most frames' `type`
+        first), the machine routes it at once like any frame and the rest goes to
+        `relay_part`. When it does not (the real CLI writes a `result`'s `type` after
+        the answer), the line is relayed as it comes and read as it passes
+        (`MemberScanner`); at its end the machine gets what it was, so a long `result`
+        still ends its turn. A line that does not even start a JSON object is dropped.
+        """
+        if isinstance(item, bytes):
+            self._on_line(item)
+        elif isinstance(item, LongLineStart):
+            data = read_head(item.head)
+            if data is not None:
+                data["supervisor"] = {"truncated": True}
+                self._emit(FromCli(Frame(raw=item.head, data=data, partial=True)))
+            elif starts_an_object(item.head):
+                self._scanner = MemberScanner()
+                self._scanner.feed(item.head)
+                if self._relay_part is not None:
+                    await self._relay_part(item)
+            else:
+                self._unreadable = item.head[:200]
+        elif isinstance(item, LongLinePart):
+            if self._scanner is not None:
+                self._scanner.feed(item.data)
+            if self._relay_part is not None:
+                await self._relay_part(item)
+        elif isinstance(item, LongLineEnd):
+            if self._relay_part is not None:
+                await self._relay_part(item)
+            if self._scanner is not None:
+                data = {**self._scanner.members, "supervisor": {"truncated": True}}
+                self._scanner = None
+                self._emit(FromCli(Frame(raw=b"", data=data, partial=True)))
+            elif self._unreadable is not None:
+                why = "it does not start a JSON object, so it was dropped"
+                error = line_too_long(item.size, self._max_line_bytes, why)
+                preview = self._unreadable.decode("utf-8", errors="replace")
+                self._unreadable = None
+                self._emit(BadLine("cli", FramingError(error.code, error.message, preview)))
 
     def _on_line(self, line: bytes | FramingError) -> None:
         frame = decode_line(line) if isinstance(line, bytes) else line

@@ -23,8 +23,24 @@ from . import _machine as m
 from . import _protocol as protocol
 from ._config import WrapperConfig
 from ._driver import Driver
-from ._framing import Frame, FramingError, LineSplitter, decode_line
+from ._framing import (
+    Frame,
+    FramingError,
+    LineSplitter,
+    LongLineEnd,
+    LongLinePart,
+    LongLineStart,
+    decode_line,
+)
 from ._report import CancelReport
+
+#: Once stopping, how long the frames for stdout may wait for a reader, beyond the kill
+#: of the CLI's tree (`kill_timeout`), before they are dropped.
+STOP_WRITE_GRACE = 1.0
+
+#: How far the writer may fall behind an over-long line being relayed before the reading
+#: of the CLI's output waits for it.
+RELAY_BUFFER_BYTES = 1024 * 1024
 
 
 class Relay:
@@ -42,9 +58,20 @@ class Relay:
             max_line_bytes=config.max_line_bytes,
             deliver=self._deliver,
             cancel_done=self._record_report,
+            deliver_part=self._deliver_part,
         )
         self._out_send, self._out_receive = trio.open_memory_channel[bytes](math.inf)
         self._stopped_by: int | None = None
+        #: Once stopping, writes to stdout must end by this time (see `_stop`).
+        self._write_deadline = math.inf
+        self._write_scope = trio.CancelScope()  # the write under way
+        # An over-long CLI line is relayed in pieces (see `_deliver_part`): meanwhile
+        # other frames wait, so that none is written into the middle of it.
+        self._streaming = False
+        self._held: list[bytes] = []
+        self._queued_bytes = 0  # given to the writer, not yet written
+        self._drained = trio.Event()
+        self._writer_gone = False
 
     async def run(self) -> int:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
@@ -56,6 +83,12 @@ class Relay:
                 await nursery.start(self.driver.run)
                 nursery.start_soon(self._read_stdin)
                 await self.driver.finished.wait()
+                if self._streaming:  # the CLI's output ended inside the line: end it
+                    self._end_stream()
+                if self._stopped_by is not None:
+                    # The last frames (the stopped turn's result) get their own grace.
+                    grace = trio.current_time() + STOP_WRITE_GRACE
+                    self._bound_writes(max(self._write_deadline, grace))
                 self._out_send.close()
                 await writer_done.wait()
                 nursery.cancel_scope.cancel()
@@ -64,8 +97,50 @@ class Relay:
         return self.driver.exit_code if self.driver.exit_code is not None else 1
 
     def _deliver(self, frame: Frame, turn: int | None) -> None:
+        if frame.partial and not frame.raw:
+            return  # an over-long line already written as it came (see `_deliver_part`)
+        if self._streaming:
+            self._held.append(frame.raw + b"\n")
+        elif frame.partial:  # the head of an over-long line: the rest follows in pieces
+            self._streaming = True
+            self._send(frame.raw)
+        else:
+            self._send(frame.raw + b"\n")
+
+    async def _deliver_part(self, item: LongLineStart | LongLinePart | LongLineEnd) -> None:
+        """An over-long line, in pieces (see `RelayPart`).
+
+        Its start comes here only when the machine could not be told what the line is
+        before its end: it is written at once. Waits while the writer is behind, so that
+        the CLI (whose pipe then fills) and not our memory absorbs a slow reader. Pieces
+        of a line the machine did not relay (one of our own answers, say) are dropped.
+        """
+        if isinstance(item, LongLineStart):
+            self._streaming = True
+            self._send(item.head)
+        elif not self._streaming:
+            return
+        elif isinstance(item, LongLineEnd):
+            self._end_stream()
+            return
+        else:
+            self._send(item.data)
+        while self._queued_bytes > RELAY_BUFFER_BYTES and not self._writer_gone:
+            self._drained = trio.Event()
+            await self._drained.wait()
+
+    def _end_stream(self) -> None:
+        """The over-long line is complete: end it, then write what waited behind it."""
+        self._streaming = False
+        self._send(b"\n")
+        held, self._held = self._held, []
+        for line in held:
+            self._send(line)
+
+    def _send(self, data: bytes) -> None:
         with contextlib.suppress(trio.ClosedResourceError):
-            self._out_send.send_nowait(frame.raw + b"\n")
+            self._out_send.send_nowait(data)
+            self._queued_bytes += len(data)
 
     def _record_report(self, report: CancelReport | None) -> None:
         path = self._config.report_file
@@ -103,17 +178,40 @@ class Relay:
             self.driver.dispatch(m.BadLine("user", item))
 
     async def _write_stdout(self, done: trio.Event) -> None:
+        unwritten = 0
         try:
             async with trio.lowlevel.FdStream(os.dup(sys.stdout.fileno())) as stdout:
                 async for data in self._out_receive:
-                    await stdout.send_all(data)
+                    # Each write is bounded once stopping; waiting for a frame is not.
+                    self._write_scope = trio.CancelScope(deadline=self._write_deadline)
+                    with self._write_scope:
+                        await stdout.send_all(data)
+                    self._queued_bytes -= len(data)
+                    if self._queued_bytes <= RELAY_BUFFER_BYTES:
+                        self._drained.set()
+                    if self._write_scope.cancelled_caught:
+                        unwritten = 1  # possibly cut short
+                        break
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             # Nobody reads our output any more: the parent is gone. Stop the session.
             self.driver.dispatch(m.EndOfInput(drain=False))
-            async for _ in self._out_receive:
-                pass
         finally:
+            self._writer_gone = True
+            self._drained.set()
+            with trio.CancelScope(shield=True):
+                async for _ in self._out_receive:
+                    unwritten += 1 if self._write_scope.cancelled_caught else 0
+                if self._write_scope.cancelled_caught:
+                    await _tell_stderr(
+                        f"claude-supervisor: stopping; {unwritten} frame(s) for stdout were "
+                        "dropped because nobody read them in time (the reader stopped "
+                        "reading); the last line written may be incomplete\n"
+                    )
             done.set()
+
+    def _bound_writes(self, deadline: float) -> None:
+        self._write_deadline = deadline
+        self._write_scope.deadline = deadline
 
     async def _watch_signals(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
@@ -125,10 +223,32 @@ class Relay:
                 self._stop(signum)
 
     def _stop(self, signum: int) -> None:
-        """SIGTERM, SIGHUP, or the parent's death: stop the CLI gracefully, then exit."""
+        """SIGTERM, SIGHUP, or the parent's death: stop now, and exit within a deadline.
+
+        The parent means "stop now" (an SDK sends SIGTERM after its own graceful wait), so
+        the CLI's tree is killed at once (`Terminate`). And whatever the reader does, the
+        exit must come: a reader that stopped reading would hold the writes to stdout, and
+        so the wrapper, forever. The writer gets until the tree is surely dead
+        (`kill_timeout`) plus a grace, then drops what is left.
+        """
         if self._stopped_by is None:
             self._stopped_by = signum
-            self.driver.dispatch(m.EndOfInput(drain=False))
+            deadline = trio.current_time() + self._config.policy.kill_timeout + STOP_WRITE_GRACE
+            self._bound_writes(deadline)
+            self.driver.dispatch(m.Terminate())
+
+
+async def _tell_stderr(message: str) -> None:
+    """A note on stderr, bounded in time: a parent may not read our stderr either."""
+
+    def write() -> None:
+        with contextlib.suppress(OSError):
+            data = message.encode()
+            while data:
+                data = data[os.write(2, data) :]
+
+    with trio.move_on_after(STOP_WRITE_GRACE):
+        await trio.to_thread.run_sync(write, abandon_on_cancel=True)
 
 
 async def watch_parent(parent: int, on_gone: Callable[[], None], interval: float = 0.5) -> None:

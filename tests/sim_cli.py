@@ -178,6 +178,10 @@ class World:
     def end_input(self) -> None:
         self._feed(m.EndOfInput(drain=True))
 
+    def terminate(self) -> None:
+        """The executable's SIGTERM (or its parent's death)."""
+        self._feed(m.Terminate())
+
     def _note_cancel(self) -> None:
         if self.machine.running_turn is not None and not self.machine.cancelling:
             self.cancelled_turns.add(self.machine.running_turn)

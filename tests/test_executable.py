@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -442,3 +443,204 @@ async def test_an_unwritable_report_file_is_an_error_not_a_failure(
     finally:
         await w.close_stdin()
         await w.wait()
+
+
+# ---------------------------------------------------------------- stopping promptly
+
+
+def alive_with_token(token: str) -> list[psutil.Process]:
+    return [p for p in processes_with_token(token) if p.status() != psutil.STATUS_ZOMBIE]
+
+
+async def test_sigterm_after_stdin_eof_kills_the_tree_without_a_graceful_wait(
+    fake_claude: Path, home: Path, process_audit: str
+) -> None:
+    """An SDK's close: stdin EOF, then (after its own wait) SIGTERM, which means "now".
+
+    With a long `exit_timeout`, only a stop that skips the graceful wait ends in time.
+    """
+    argv = supervisor_argv(fake_claude, "--exit-timeout", "60")
+    w = await Wrapper.start(argv)
+    try:
+        await w.send(user("[[fake: tool=60, escapee, stubborn]]"))
+        await w.expect(is_tool_use)
+        await w.close_stdin()
+        w.signal(signal.SIGTERM)
+        started = trio.current_time()
+        frames = await w.read_to_end(timeout=30)
+        assert await w.wait() == 128 + signal.SIGTERM
+        assert trio.current_time() - started < 0.5 + 5  # kill_timeout + a generous margin
+        assert alive_with_token(process_audit) == []  # the whole tree went before the exit
+        [result] = [f for f in frames if is_result(f)]
+        assert result["is_error"] is True and result["terminal_reason"] == "cancelled"
+    finally:
+        await w.kill()
+
+
+async def read_until(w: Wrapper, marker: bytes, timeout: float = 20) -> None:
+    """Reads raw output until `marker` shows, then the caller stops reading."""
+    assert w.process.stdout is not None
+    seen = b""
+    with trio.fail_after(timeout):
+        while marker not in seen:
+            chunk = await w.process.stdout.receive_some()
+            assert chunk, "the wrapper's output ended early"
+            seen = seen[-len(marker) :] + chunk
+
+
+async def test_sigterm_stops_a_wrapper_whose_reader_stopped(
+    fake_claude: Path, home: Path, process_audit: str
+) -> None:
+    w = await Wrapper.start(supervisor_argv(fake_claude))
+    try:
+        # An 8 MB assistant line: the wrapper blocks writing it once we stop reading.
+        await w.send(user("[[fake: tool=60, stubborn, huge=8000000]]"))
+        await read_until(w, b'"assistant"')
+        w.signal(signal.SIGTERM)
+        assert await w.wait(timeout=20) == 128 + signal.SIGTERM
+        assert alive_with_token(process_audit) == []
+    finally:
+        await w.kill()
+
+
+async def test_the_parents_death_stops_a_wrapper_whose_reader_stopped(
+    fake_claude: Path, home: Path, process_audit: str
+) -> None:
+    """The parent dies while the wrapper's stdout, still open elsewhere, is not read."""
+    out_read, out_write = os.pipe()
+    starter = (
+        "import subprocess, sys, time\n"
+        "fd = int(sys.argv[1])\n"
+        "w = subprocess.Popen(sys.argv[2:], stdin=subprocess.PIPE, stdout=fd, pass_fds=(fd,))\n"
+        "w.stdin.write(sys.stdin.buffer.readline()); w.stdin.flush()\n"
+        "print(w.pid, flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    argv = [sys.executable, "-c", starter, str(out_write), sys.executable, "-m", "supervisor"]
+    argv += supervisor_argv(fake_claude)
+    frame = json.dumps(user("[[fake: tool=60, stubborn, huge=8000000]]")).encode() + b"\n"
+    parent = await trio.lowlevel.open_process(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(out_write,)
+    )
+    os.close(out_write)
+    try:
+        assert parent.stdin is not None and parent.stdout is not None
+        await parent.stdin.send_all(frame)
+        wrapper = psutil.Process(int((await parent.stdout.receive_some()).split()[0]))
+        async with trio.lowlevel.FdStream(out_read) as output:
+            seen = b""
+            with trio.fail_after(20):
+                while b'"assistant"' not in seen:
+                    seen = seen[-64:] + await output.receive_some()
+            parent.kill()
+            await parent.wait()
+            with trio.fail_after(20):
+                while wrapper.is_running() and wrapper.status() != psutil.STATUS_ZOMBIE:
+                    await trio.sleep(0.05)
+        assert alive_with_token(process_audit) == []
+    finally:
+        if parent.returncode is None:
+            parent.kill()
+            await parent.wait()
+
+
+async def test_a_reader_that_pauses_loses_nothing(fake_claude: Path, home: Path) -> None:
+    w = await Wrapper.start(supervisor_argv(fake_claude))
+    try:
+        sizes = [3_000_000, 2_000_000, 1_000_000]
+        await w.send(*[user(f"[[fake: huge={size}]]") for size in sizes])
+        await w.expect(is_system("init"))
+        await trio.sleep(3)  # the reader stalls while the CLI floods: that is the test
+        await w.close_stdin()
+        frames = await w.read_to_end(timeout=60)
+        texts = [f["message"]["content"][0]["text"] for f in frames if f.get("type") == "assistant"]
+        assert [len(t) for t in texts] == sizes
+        assert len([f for f in frames if is_result(f)]) == 3
+        assert await w.wait() == 0
+    finally:
+        await w.kill()
+
+
+# ---------------------------------------------------------------- lines over the cap
+
+
+async def test_a_result_over_max_line_bytes_is_relayed_whole_and_ends_its_turn(
+    fake_claude: Path, home: Path
+) -> None:
+    """A 2 MB answer with a 1 MiB cap: the result repeats it, and must not be lost."""
+    w = await Wrapper.start(supervisor_argv(fake_claude, "--max-line-bytes", str(1024 * 1024)))
+    try:
+        await w.send(user("[[fake: huge_result=2000000]]"), user("next"))
+        await w.close_stdin()
+        frames = await w.read_to_end(timeout=60)
+        results = [(f, raw) for f, raw in zip(frames, w.raw_lines, strict=True) if is_result(f)]
+        [(big, raw), (after, _)] = results
+        assert len(big["result"]) == 2_000_000
+        # Unchanged bytes: the fake writes json.dumps' default form, which this reproduces.
+        assert raw == json.dumps(big, ensure_ascii=False).encode()
+        assert after["result"] == "reply #2 to: next"  # the queue behind it ran
+        assert not [f for f in frames if f.get("subtype") == "supervisor_error"]
+        assert await w.wait() == 0  # and EOF still ends the session
+    finally:
+        await w.kill()
+
+
+async def test_the_system_init_and_result_pass_the_smallest_cap(
+    fake_claude: Path, home: Path
+) -> None:
+    w = await Wrapper.start(supervisor_argv(fake_claude, "--max-line-bytes", "1024"))
+    try:
+        await w.send(user("[[fake: huge_result=3000]]"), user("[[fake: tool=60]]"))
+        [first] = await w.results(1)
+        assert len(first["result"]) == 3000 and first["subtype"] == "success"
+        await w.expect(is_tool_use)
+        await w.send({"type": "cancel_turn"})  # the ladder works past long lines too
+        assert (await w.expect(is_result))["is_error"] is True
+        await w.expect(is_system("supervisor_cancel"))
+    finally:
+        await w.kill()
+
+
+async def test_a_200_mb_line_is_relayed_in_bounded_memory(fake_claude: Path, home: Path) -> None:
+    size = 200_000_000
+    w = await Wrapper.start(supervisor_argv(fake_claude, "--max-line-bytes", str(1024 * 1024)))
+    try:
+        await w.send(user(f"[[fake: huge_result={size}]]"), user("next"))
+        assert w.process.stdout is not None
+        lines: list[int] = [0]  # the length of each line read so far
+        heads: list[bytes] = [b""]
+        tails: list[bytes] = [b""]
+        peak = 0
+        with trio.fail_after(120):
+            while len(lines) < 7:  # init, assistant, result; init, assistant, result
+                chunk = await w.process.stdout.receive_some()
+                assert chunk, "the wrapper's output ended early"
+                for i, piece in enumerate(bytes(chunk).split(b"\n")):
+                    if i:
+                        lines.append(0)
+                        heads.append(b"")
+                        tails.append(b"")
+                    lines[-1] += len(piece)
+                    heads[-1] = (heads[-1] + piece)[:100]
+                    tails[-1] = (tails[-1] + piece)[-300:]
+                peak = max(peak, _peak_rss(w.process.pid))
+        assert [h[:17] for h in heads[:6:3]] == [b'{"type": "system"'] * 2
+        assert [h[:17] for h in heads[1:6:3]] == [b'{"type": "assista'] * 2
+        # The results: the real CLI's order, with "type" after the 200 MB answer.
+        kinds = [b'"type": "result"' in h + t for h, t in zip(heads[:6], tails[:6], strict=True)]
+        assert kinds == [False, False, True] * 2
+        assert b'"type"' not in heads[2]
+        assert size < lines[2] < size + 10_000
+        assert peak < 150 * 1024 * 1024  # generous: far below the 200 MB line
+    finally:
+        await w.close_stdin()
+        await w.wait(60)
+        await w.kill()
+
+
+def _peak_rss(pid: int) -> int:
+    """The process's peak resident set so far (Linux's VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")

@@ -23,7 +23,17 @@ from wrapper_harness import Wrapper, is_result, is_system, supervisor_argv
 from wrapper_harness import user as user_frame
 
 from supervisor import _machine as m
-from supervisor._framing import Frame, FramingError, LineSplitter, decode_line
+from supervisor._framing import (
+    Frame,
+    FramingError,
+    LineSplitter,
+    LineStreamer,
+    LongLinePart,
+    LongLineStart,
+    MemberScanner,
+    decode_line,
+    read_head,
+)
 
 # ------------------------------------------------------------------------ framing
 
@@ -93,9 +103,79 @@ def test_an_over_long_line_is_not_buffered() -> None:
     splitter = LineSplitter(1024)
     for _ in range(1000):
         assert list(splitter.feed(b"x" * 4096)) == []
-        assert len(splitter._buffer) <= 1024
+        assert len(splitter._lines._buffer) <= 1024
     [error] = list(splitter.feed(b"\n{}\n"))[:1]
     assert isinstance(error, FramingError) and "4096000 bytes" in error.message
+
+
+@given(st.lists(st.binary(max_size=300), max_size=30), st.integers(1, 64))
+def test_the_streamer_gives_back_every_byte(chunks: list[bytes], cap: int) -> None:
+    """Short lines whole, long ones in pieces: joined again, they are the input's lines."""
+    streamer = LineStreamer(cap)
+    lines: list[bytes] = []
+    current: bytearray | None = None
+    for item in [i for chunk in chunks for i in streamer.feed(chunk)] + list(streamer.close()):
+        if isinstance(item, bytes):
+            assert current is None and len(item) <= cap
+            lines.append(item)
+        elif isinstance(item, LongLineStart):
+            assert current is None and len(item.head) == cap
+            current = bytearray(item.head)
+        elif isinstance(item, LongLinePart):
+            assert current is not None
+            current += item.data
+        else:
+            assert current is not None and item.size == len(current) > cap
+            lines.append(bytes(current))
+            current = None
+    expected = [line for line in b"".join(chunks).split(b"\n") if line.strip()]
+    assert lines == expected
+
+
+def test_the_head_of_a_long_line_says_what_it_is() -> None:
+    answer = "x" * 5000
+    result = json.dumps({"type": "result", "subtype": "success", "result": answer}).encode()
+    assert read_head(result[:1024]) == {"type": "result", "subtype": "success"}
+    response = {"subtype": "success", "request_id": "r-1", "response": {"big": answer}}
+    line = json.dumps({"type": "control_response", "response": response}).encode()
+    head = read_head(line[:1024])
+    assert head is not None and head["response"]["request_id"] == "r-1"
+    assert read_head(b'{"a": ' * 100_000) is None  # deep, and no type: unreadable
+    assert read_head(b"[" + b"1," * 1000) is None
+    assert read_head(b'{"type": 3, "x": "' + b"y" * 2000) is None
+
+
+@given(
+    st.dictionaries(
+        st.text(max_size=8),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=300),
+            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+            max_leaves=6,
+        ),
+        max_size=6,
+    ),
+    st.lists(st.integers(1, 400), min_size=1, max_size=50),
+    st.booleans(),
+)
+def test_the_scanner_reads_the_short_top_level_members(
+    obj: dict[str, Any], cuts: list[int], ascii_only: bool
+) -> None:
+    """What the supervisor learns of a line over the cap, cut anywhere, whatever it holds."""
+    raw = json.dumps(obj, ensure_ascii=ascii_only).encode()
+    scanner = MemberScanner()
+    start = 0
+    for cut in cuts * (len(raw) // sum(cuts) + 1):
+        scanner.feed(raw[start : start + cut])
+        start += cut
+    for key, value in scanner.members.items():
+        assert obj[key] == value
+    for key, value in obj.items():
+        if (
+            len(json.dumps(key, ensure_ascii=ascii_only).encode()) < 200
+            and len(json.dumps(value, ensure_ascii=ascii_only).encode()) < 200
+        ):
+            assert key in scanner.members
 
 
 # ------------------------------------------------------------------------ machine

@@ -390,6 +390,49 @@ def test_close_of_a_wedged_cli_climbs_the_ladder() -> None:
     assert h.results_by_turn()[1][0]["terminal_reason"] == "cancelled"
 
 
+def test_terminate_kills_the_tree_at_once_even_after_stdin_eof() -> None:
+    """SIGTERM from the parent means "stop now": no graceful wait, not even a started one."""
+    h = Harness()
+    running(h)
+    h.user(user("queued"))
+    assert m.CloseCliInput() not in h.feed(m.EndOfInput(drain=True))
+    actions = h.feed(m.Terminate())
+    assert m.KillTree() in actions
+    assert h.machine.deadline is not None
+    assert h.results_by_turn()[2][0]["terminal_reason"] == "cancelled"  # the queued turn
+    assert h.feed(m.Terminate()) == []  # a second SIGTERM changes nothing
+    actions = h.feed(m.CliExited(-15, processes_killed=3), after=0.2)
+    assert m.Finished(143) in actions
+    assert h.results_by_turn()[1][0]["terminal_reason"] == "cancelled"
+
+
+def test_control_requests_held_during_the_final_kill_are_answered() -> None:
+    h = Harness()
+    h.cli(init())
+    h.feed(m.Terminate())
+    interrupt = frame(type="control_request", request_id="i1", request={"subtype": "interrupt"})
+    model = frame(type="control_request", request_id="m1", request={"subtype": "set_model"})
+    assert h.written(h.user(interrupt) + h.user(model)) == []  # held: the CLI is being killed
+    actions = h.feed(m.CliExited(-15))
+    answers = {d["response"]["request_id"]: d["response"]["subtype"] for d, _ in h.delivered()}
+    assert answers == {"i1": "success", "m1": "error"}
+    assert any(isinstance(a, m.Finished) for a in actions)
+
+
+def test_terminate_during_a_cancel_ends_it_without_a_report() -> None:
+    h = Harness()
+    running(h)
+    h.feed(m.Cancel(request_id="c1"))
+    actions = h.feed(m.Terminate())
+    assert m.CancelDone(None) in actions and m.KillTree() in actions
+    [(notice, _)] = [d for d in h.delivered(actions) if d[0].get("subtype") == "supervisor_cancel"]
+    assert notice["request_ids"] == ["c1"]
+    actions = h.feed(m.CliExited(-15))
+    assert any(isinstance(a, m.Finished) for a in actions)
+    assert len(h.results_by_turn()[1]) == 1
+    assert h.reports() == [None]
+
+
 def test_bad_supervisor_frames_are_reported_and_change_nothing() -> None:
     h = Harness()
     running(h)

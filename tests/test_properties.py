@@ -75,6 +75,7 @@ class SupervisedSession(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.requests = 0
+        self.terminated_at: float | None = None
 
     @initialize(
         fault=resume_faults,
@@ -142,6 +143,23 @@ class SupervisedSession(RuleBasedStateMachine):
     def wait(self, seconds: float) -> None:
         self.world.run_for(seconds)
 
+    @precondition(_open)
+    @rule(data=st.data())
+    def terminate_like_sigterm(self, data: st.DataObject) -> None:
+        # Rare, as it ends the session: most sequences must go on to test the rest.
+        if data.draw(st.integers(0, 9)) == 0:
+            if self.terminated_at is None:
+                self.terminated_at = self.world.now
+            self.world.terminate()
+
+    @invariant()
+    def a_terminate_ends_the_session_within_the_kill(self) -> None:
+        world = self.world
+        if self.terminated_at is None or world.machine.finished:
+            return
+        if world.now - self.terminated_at > world.policy.reap_timeout:
+            raise Violation(f"not finished {world.now - self.terminated_at} s after SIGTERM")
+
     @rule(fault=resume_faults)
     def next_respawn_misbehaves(self, fault: ResumeFault) -> None:
         self.world.resume_faults.append(fault)
@@ -206,6 +224,10 @@ class SupervisedSession(RuleBasedStateMachine):
         unanswered = [r for r, n in world.user_interrupts.items() if n != 1]
         assert not unanswered, f"interrupts not answered exactly once: {unanswered}"
         assert len(world.forwarded) == len(set(world.forwarded)), "a turn was forwarded twice"
+        if self.terminated_at is not None:
+            assert world.machine.finished
+            assert not [p for p in world.processes if p.alive], "SIGTERM left processes"
+            return
         if world.machine.finished:
             assert world.finished == 1
             # Only a failed resume followed by a failed new session ends a session here,

@@ -4,10 +4,11 @@ Where tests/test_properties.py runs thousands of sequences against a model of th
 this runs fewer, slower ones against the real thing: the wrapper over pipes, the fake
 CLI misbehaving as each turn's directives say, real tool processes (deep trees, `setsid`
 escapees, children ignoring SIGTERM, fork-and-exit chains), SIGINTs to the wrapper,
-cancels and supersedes at random moments, turns the CLI never starts, and content it
-cannot read. Afterwards: every user frame got exactly one result, nothing was merged,
-nothing unreadable was forwarded, every cancel ended within its deadlines, no tool process
-survived, and the wrapper exits 0 at end of input. `HYPOTHESIS_PROFILE=long` runs many more.
+cancels and supersedes at random moments, turns the CLI never starts, content it cannot
+read, a parent that stops reading for a while, lines over the cap. Afterwards: every user
+frame got exactly one result, nothing was merged, nothing unreadable was forwarded, every
+cancel ended within its deadlines, no tool process survived, and the wrapper exits 0 at
+end of input. `HYPOTHESIS_PROFILE=long` runs many more.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ directives = st.sampled_from(
         "crash",
         "garbage",
         "silent",
+        "huge=2000000",  # floods the pipe, so that a stalled reader matters
+        "huge_result=2000000",  # over the --max-line-bytes below: relayed in pieces
     ]
 )
 #: Content the real CLI neither answers nor fails on: the wrapper must never forward it.
@@ -55,12 +58,14 @@ steps = st.one_of(
     st.tuples(st.just("cancel"), st.booleans()),
     st.tuples(st.just("sigint"), st.none()),
     st.tuples(st.just("pause"), st.sampled_from([0.05, 0.3, 1.0])),
+    st.tuples(st.just("stall"), st.sampled_from([0.5, 2.0])),  # the parent stops reading
 )
 
 FLAGS = [
     "--interrupt-timeout", "0.3", "--sigint-timeout", "1", "--kill-timeout", "0.3",
     "--start-timeout", "3",
 ]  # fmt: skip
+FLAGS += ["--max-line-bytes", str(1024 * 1024)]
 #: A cancel must end within the ladder's deadlines plus a generous respawn allowance.
 CANCEL_BOUND_MS = (0.3 + 1 + 0.3 + 5 + 10) * 1000
 
@@ -96,6 +101,9 @@ class Session:
             await w.send({"type": "cancel_turn", "cancel_queued": arg})
         elif kind == "sigint":
             w.signal(signal.SIGINT)
+        elif kind == "stall":
+            assert isinstance(arg, float)
+            await trio.sleep(arg)  # reading nothing while the CLI may flood: that is the step
         await self.drain(arg if kind == "pause" and isinstance(arg, float) else 0.05)
 
     async def finish(self) -> None:

@@ -222,14 +222,19 @@ async def test_cancel_with_nothing_running_returns_none(session: Session) -> Non
     assert await session.cancel() is None
 
 
-async def test_lines_over_the_cap_are_reported_not_fatal(fake_claude: Path, home: Path) -> None:
+async def test_lines_over_the_cap_arrive_truncated_not_fatal(fake_claude: Path, home: Path) -> None:
+    """The library hands out parsed frames: of a line over the cap, only its head is read."""
     async with open_session(ARGS, claude=fake_claude, policy=FAST, max_line_bytes=100_000) as s:
         turn = await s.send("[[fake: huge=200000]]")
         frames = [f async for f in turn]
-        errors = [f for f in frames if f.get("subtype") == "supervisor_error"]
-        assert errors[0]["error"]["code"] == "cli_line_too_long"
+        [truncated] = [f for f in frames if f.get("supervisor") == {"truncated": True}]
+        assert truncated["type"] == "assistant"
         assert frames[-1]["type"] == "result"
-        assert (await (await s.send("fine")).result())["subtype"] == "success"
+        big = await s.send("[[fake: huge_result=200000]]")
+        result = await big.result()  # an over-long result still ends its turn, once
+        assert result["type"] == "result" and result["supervisor"] == {"truncated": True}
+        assert result["subtype"] == "success"
+        assert (await (await s.send("fine")).result())["result"].endswith("to: fine")
 
 
 async def test_big_lines_under_the_cap_arrive_whole(session: Session) -> None:

@@ -161,6 +161,11 @@ true/false, yes/no, on/off), so a message can switch off an env directive.
     once with status 3, without a result. The tool is left running.
 ``huge=BYTES``
     The assistant text is exactly BYTES characters long (one huge line).
+``huge_result=BYTES``
+    The result's ``result`` text (``reply #N to: ...`` padded with ``x``) is exactly
+    BYTES characters long; the line is written in pieces of 1 MiB, so even a line of
+    hundreds of megabytes costs the fake little memory. As in the real CLI's results,
+    ``type`` comes after ``result`` in that line.
 ``garbage``
     Write the non-JSON line ``this is not json {`` before the result.
 ``silent``
@@ -239,6 +244,7 @@ class Directives:
     wedge: bool = False
     crash: bool = False
     huge: int | None = None
+    huge_result: int | None = None
     garbage: bool = False
     silent: bool = False
 
@@ -288,6 +294,7 @@ _CONVERTERS: Final[Mapping[str, Callable[[str | None], object]]] = {
     "wedge": _flag_value,
     "crash": _flag_value,
     "huge": _count_value,
+    "huge_result": _count_value,
     "garbage": _flag_value,
     "silent": _flag_value,
 }
@@ -581,6 +588,31 @@ class Output:
     def frame(self, obj: Mapping[str, Any]) -> None:
         """Write one protocol frame."""
         self.line(json.dumps(obj, ensure_ascii=False))
+
+    def padded_frame(self, obj: Mapping[str, Any], key: str, size: int) -> None:
+        """Write one frame whose string ``obj[key]`` is padded with ``x`` to ``size``
+        characters, in pieces: the whole line never exists in memory."""
+        text = str(obj[key])[:size]
+        marker = "\x00padding\x00"
+        prefix, suffix = json.dumps({**obj, key: text + marker}, ensure_ascii=False).split(
+            json.dumps(marker)[1:-1], 1
+        )
+        piece = b"x" * (1024 * 1024)
+        left = size - len(text)
+        with self._lock:
+            try:
+                self._write(prefix.encode("utf-8"))
+                while left > 0:
+                    self._write(piece[: min(left, len(piece))])
+                    left -= len(piece)
+                self._write((suffix + "\n").encode("utf-8"))
+            except BrokenPipeError:
+                os._exit(1)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
 
 
 # --------------------------------------------------------------------------
@@ -1181,10 +1213,13 @@ class FakeClaude:
     def end_completed(self, turn: Turn) -> Outcome:
         """Emit the success result and record the turn."""
         reply = f"reply #{len(self.history)} to: {turn.text}"
-        self.out.frame(
-            self.result_frame(turn, "success", is_error=False, reason="completed")
-            | {"result": reply}
-        )
+        frame = self.result_frame(turn, "success", is_error=False, reason="completed")
+        if turn.directives.huge_result is not None:
+            del frame["type"]  # after the answer, as the real CLI writes it
+            real_order = frame | {"result": reply, "type": "result"}
+            self.out.padded_frame(real_order, "result", turn.directives.huge_result)
+        else:
+            self.out.frame(frame | {"result": reply})
         self.transcript.record_reply(reply, interrupted=False)
         return Outcome.COMPLETED
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import cli_of
+import trio
+from conftest import cli_of, processes_with_token
 from wrapper_harness import FAST_FLAGS, Wrapper, is_result, is_system, is_tool_use, user
 
 from supervisor.testing.fake_api import FakeMessagesAPI, typed_user_texts
@@ -187,6 +188,39 @@ async def test_a_session_without_persistence_survives_a_kill_as_a_new_one(
         await w.kill()
 
 
+async def test_sigterm_after_stdin_eof_stops_a_stubborn_tool_within_kill_timeout(
+    claude_cli: Path, cli_env: dict[str, str], workdir: Path, process_audit: str
+) -> None:
+    """An SDK's close (stdin EOF, then SIGTERM) through the wrapper: SIGTERM means "now".
+
+    The CLI gets SIGTERM as it would from the SDK, the tool ignores it and is SIGKILLed
+    after kill_timeout; a long exit_timeout shows that no graceful wait comes first.
+    """
+    marker = workdir / "started"
+    stubborn = (
+        "python3 -c 'import signal, time, pathlib; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f'pathlib.Path("{marker}").touch(); time.sleep(300)\''
+    )
+    argv = ["--claude", str(claude_cli), "--kill-timeout", "1", "--exit-timeout", "60"]
+    w = await Wrapper.start([*argv, "--", *ARGS], env=cli_env, cwd=workdir)
+    try:
+        await w.send(user(f"[[api: bash={stubborn}]]"))
+        await wait_for_file(marker)
+        await w.close_stdin()
+        w.signal(signal.SIGTERM)
+        started = trio.current_time()
+        frames = await w.read_to_end(30)
+        assert await w.wait(30) == 128 + signal.SIGTERM
+        assert trio.current_time() - started < 1 + 5  # kill_timeout + a generous margin
+        left = [p for p in processes_with_token(process_audit) if p.status() != "zombie"]
+        assert left == []
+        [result] = [f for f in frames if is_result(f)]
+        assert result["is_error"] is True
+    finally:
+        await w.kill()
+
+
 async def test_unreadable_content_is_answered_and_never_reaches_the_cli(
     wrapper: Wrapper, workdir: Path, api: FakeMessagesAPI
 ) -> None:
@@ -207,3 +241,27 @@ async def test_unreadable_content_is_answered_and_never_reaches_the_cli(
     errors = [f for f in wrapper.frames if is_system("supervisor_error")(f)]
     assert [e["error"]["code"] for e in errors] == ["invalid_content", "invalid_content"]
     assert typed_user_texts(api.requests[-1])[-1] == "good"
+
+
+async def test_the_clis_lines_pass_the_smallest_max_line_bytes(
+    claude_cli: Path, cli_env: dict[str, str], workdir: Path
+) -> None:
+    """With a 1 KiB cap, the real CLI's system/init (~2.8 KB) and result (~2 KB plus the
+    answer) are over it: they are relayed whole, and the result still ends its turn."""
+    argv = ["--claude", str(claude_cli), "--max-line-bytes", "1024", "--", *ARGS]
+    w = await Wrapper.start(argv, env=cli_env, cwd=workdir)
+    try:
+        prompt = "y" * 800
+        await w.send(user(prompt), user("next"))
+        await w.close_stdin()
+        frames = await w.read_to_end(60)
+        assert await w.wait(30) == 0
+        sizes = {f.get("type"): len(raw) for f, raw in zip(frames, w.raw_lines, strict=True)}
+        assert sizes["system"] > 1024 and sizes["result"] > 1024
+        assert [f["result"] for f in frames if is_result(f)] == [
+            "reply #1 to: " + prompt,
+            "reply #2 to: next",
+        ]
+        assert not [f for f in frames if f.get("subtype") == "supervisor_error"]
+    finally:
+        await w.kill()
