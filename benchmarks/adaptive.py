@@ -3,7 +3,7 @@ and how long a stopped CLI takes to recover with the default policy.
 
 Not a test: run it on purpose, it prints numbers.
 
-    .venv/bin/python bench/adaptive.py -n 20
+    .venv/bin/python benchmarks/adaptive.py -n 20
 
 The acknowledgement latency is the time from `interrupt_sent` to `interrupt_answered`
 in the cancel report of an in-band cancel of a running tool call; the recovery time is

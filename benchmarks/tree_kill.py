@@ -2,7 +2,7 @@
 
 Not a test: run it on purpose, it prints numbers.
 
-    .venv/bin/python bench/tree_kill.py [--runs N]
+    .venv/bin/python benchmarks/tree_kill.py [--runs N]
 
 Two trees, each run as the "tool" of a stand-in CLI under a real helper, which is then
 sent SIGTERM (what `KillTree` does):
