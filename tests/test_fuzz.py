@@ -128,8 +128,10 @@ def test_the_streamer_gives_back_every_byte(chunks: list[bytes], cap: int) -> No
             assert current is not None and item.size == len(current) > cap
             lines.append(bytes(current))
             current = None
-    expected = [line for line in b"".join(chunks).split(b"\n") if line.strip()]
-    assert lines == expected
+    # A blank line is skipped when it is short; a long one is streamed before anyone can
+    # know it is blank (the relay then drops it as a line that is not a frame).
+    joined = b"".join(chunks).split(b"\n")
+    assert lines == [line for line in joined if line.strip() or len(line) > cap]
 
 
 def test_the_head_of_a_long_line_says_what_it_is() -> None:
