@@ -367,6 +367,11 @@ class SessionMachine:
         return self._purpose is Purpose.CANCEL
 
     @property
+    def escalating(self) -> bool:
+        """A cancel, a close or a recovery is under way: the watchdogs wait for its end."""
+        return self._escalation is not None
+
+    @property
     def _purpose(self) -> Purpose | None:
         return self._escalation.purpose if self._escalation else None
 

@@ -191,7 +191,7 @@ class SupervisedSession(RuleBasedStateMachine):
     def no_turn_outlives_the_watchdogs_limits(self) -> None:
         world = self.world
         machine, policy, now = world.machine, world.policy, world.now
-        if machine.finished or machine.running_turn is None or machine.cancelling:
+        if machine.finished or machine.running_turn is None or machine.escalating:
             return
         if policy.turn_timeout is not None and now > world.turn_forwarded + policy.turn_timeout:
             raise Violation(f"turn {machine.running_turn} outlived the turn timeout at {now}")

@@ -64,7 +64,9 @@ async def test_wedged_cli_is_killed_and_the_session_resumes(
     the_cli(wrapper).send_signal(signal.SIGSTOP)
     await wrapper.send({"type": "cancel_turn"})
     result = await wrapper.expect(is_result)
-    assert result["terminal_reason"] == "cancelled" and result["is_error"] is True
+    # The supervisor's result, or the CLI's own if the kill rung's SIGCONT let it act on
+    # the interrupt before dying: either way an error result of the same session.
+    assert result["terminal_reason"] in ("cancelled", "aborted_tools") and result["is_error"]
     assert result["session_id"] == first["session_id"]
     report = (await wrapper.expect(is_system("supervisor_cancel")))["report"]
     assert report["path"] == "kill" and report["respawned"] is True
@@ -106,7 +108,12 @@ async def test_sdk_style_interrupt_is_answered_when_the_cli_is_wedged(
         "request_id": "sdk-1",
         "response": {"still_queued": []},  # the CLI's own interrupt receipt's shape
     }
-    assert any(is_result(f) for f in wrapper.frames)
+    # The answer may come before the turn's result: the kill rung's SIGCONT lets the
+    # stopped CLI read the interrupt and answer it as it dies, as a live CLI would.
+    if not any(is_result(f) for f in wrapper.frames):
+        await wrapper.expect(is_result)
+    notice = await wrapper.expect(is_system("supervisor_cancel"), timeout=60)
+    assert notice["report"]["path"] == "kill"
 
 
 async def test_sigint_to_the_wrapper_cancels_the_turn(wrapper: Wrapper, workdir: Path) -> None:
@@ -168,7 +175,9 @@ async def test_a_session_without_persistence_survives_a_kill_as_a_new_one(
         the_cli(w).send_signal(signal.SIGSTOP)
         await w.send({"type": "cancel_turn"})
         cancelled = await w.expect(is_result, timeout=60)
-        assert cancelled["terminal_reason"] == "cancelled"
+        # The supervisor's result, or the CLI's own: the kill rung's SIGCONT may let the
+        # stopped CLI act on the interrupt before it dies.
+        assert cancelled["terminal_reason"] in ("cancelled", "aborted_tools")
         lost = await w.expect(is_system("supervisor_error"), timeout=60)
         assert lost["error"]["code"] == "session_lost"
         assert lost["error"]["session_id"] == first["session_id"]

@@ -117,7 +117,8 @@ async def test_a_stopped_cli_recovers_through_the_adaptive_path(
         policy = EscalationPolicy()
         assert elapsed < policy.interrupt_timeout + policy.sigint_timeout
         result = await turn.result()
-        assert result["terminal_reason"] == "cancelled" and result["session_id"]
+        # Ours, or the CLI's own when the kill rung's SIGCONT let it answer first.
+        assert result["terminal_reason"] in ("cancelled", "aborted_tools") and result["session_id"]
         assert strays(session, process_audit) == []
         after = await (await session.send("after the kill")).result()
         assert after["session_id"] == report.session_id
