@@ -439,7 +439,10 @@ class World:
         elif behaviour.stall:
             pass  # silent until interrupted, SIGINTed or killed
         else:
-            self._end_turn(delay + behaviour.duration, "success", "completed", turn=turn)
+            # Never before the frames scheduled above: the CLI writes nothing of a turn
+            # after its result (a stray frame would count for the next turn).
+            end = delay + max(behaviour.duration, 0.03)
+            self._end_turn(end, "success", "completed", turn=turn)
 
     def _end_turn(self, delay: float, subtype: str, reason: str, turn: int | None = None) -> None:
         self._schedule(delay, _EndTurn(subtype, reason, turn))

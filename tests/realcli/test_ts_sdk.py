@@ -162,8 +162,11 @@ async def test_interrupt_of_a_stopped_cli_does_not_kill_the_session(
     the_cli_under(wrapped).send_signal(signal.SIGSTOP)
     await wrapped.do("interrupt")
     await wrapped.next("interrupted", 30)
-    result = await wrapped.result()  # the supervisor's own, for the killed CLI
-    assert result["is_error"] and result["supervisor"] == {"synthesized": True}
+    # Usually the supervisor's own, for the killed CLI; the kill rung's SIGCONT may let the
+    # CLI write its own first. Either way the SDK must take it (the synthesized frame's
+    # shape is checked against the SDK's types in test_frame_shapes_live.py).
+    result = await wrapped.result()
+    assert result["is_error"]
     assert isinstance(result["errors"], list) and result["errors"]
     await wrapped.do("query", text="still there?")
     after = await wrapped.result()
