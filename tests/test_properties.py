@@ -206,7 +206,9 @@ class SupervisedSession(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         world = self.world
-        world.settle()
+        # Simulated time, and settle() returns as soon as nothing is pending: a generous
+        # limit costs nothing, and a queue of turns the CLI never starts takes a while.
+        world.settle(limit=600 + 30 * len(world.submitted))
         stuck = world.machine.running_turn
         if stuck is not None:  # one the CLI never started ends by itself (start_timeout)
             assert not world.behaviours.get(stuck, Behaviour()).silent, f"turn {stuck} hangs"
