@@ -47,8 +47,49 @@ async def test_frames_are_relayed_unchanged(wrapper: Wrapper) -> None:
     assert result["fake_history"] == ["hello"]  # a field the supervisor knows nothing of
     init = wrapper.frames[0]
     assert init["type"] == "system" and init["subtype"] == "init"
-    # Relayed byte for byte: the fake writes compact JSON with its own key order.
-    assert json.loads(wrapper.raw_lines[-1]) == result
+    # The fake writes json.dumps' default form (", " and ": "), not the supervisor's
+    # compact one: equal bytes mean the line was relayed, not re-encoded.
+    assert wrapper.raw_lines[-1] == json.dumps(result, ensure_ascii=False).encode()
+
+
+#: What a scripted CLI writes for each turn: odd spacing, "type" not first, escapes that
+#: decode to the same text as other bytes would (\u00e9, \/, a surrogate pair), a number
+#: json would write otherwise (1.5e3), a frame of a type nobody knows, raw UTF-8.
+ODD_LINES = [
+    b'{ "subtype" : "init",  "type":"system","session_id":"odd-1" ,"tools":[ ] }',
+    b'{"type":"assistant","message":{"role":"assistant","content":[{"type":"text",'
+    b'"text":"caf\\u00e9 \\/ \\ud83d\\ude00 \xc3\xa9t\xc3\xa9"}]},"session_id":"odd-1"}',
+    b'{"type":"future_frame_kind","n":1.50,"x":[1,2 , 3]}\t',
+    b'{"result":"r\\u00e9ponse","is_error":false,"duration_ms":1.5e3,"type":"result",'
+    b'"subtype":"success","session_id":"odd-1"}',
+]
+
+
+async def test_the_clis_exact_bytes_reach_the_parent(tmp_path: Path, home: Path) -> None:
+    lines = tmp_path / "lines"
+    lines.write_bytes(b"".join(line + b"\n" for line in ODD_LINES))
+    script = tmp_path / "claude"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import json, sys\n"
+        "for line in sys.stdin.buffer:\n"
+        "    if json.loads(line).get('type') == 'user':\n"
+        f"        sys.stdout.buffer.write(open({str(lines)!r}, 'rb').read())\n"
+        "        sys.stdout.buffer.flush()\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    w = await Wrapper.start(supervisor_argv(script))
+    try:
+        await w.send(user("one"))
+        await w.expect(is_result)
+        await w.send(user("two"))
+        await w.expect(is_result)
+        await w.close_stdin()
+        await w.read_to_end()
+        assert w.raw_lines == ODD_LINES * 2
+        assert await w.wait() == 0
+    finally:
+        await w.kill()
 
 
 async def test_each_user_frame_gets_one_result_even_when_sent_mid_turn(wrapper: Wrapper) -> None:
