@@ -214,8 +214,12 @@ frames = st.builds(
 )
 
 
+#: Random frames, and turns the CLI can read (random ones almost never are).
+frames_and_turns = st.one_of(frames, st.text(max_size=5).map(user))
+
+
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.sampled_from(["user", "cli"]), frames), max_size=25))
+@given(st.lists(st.tuples(st.sampled_from(["user", "cli"]), frames_and_turns), max_size=25))
 def test_the_machine_takes_any_frame_from_either_side(
     sequence: list[tuple[str, Frame]],
 ) -> None:
@@ -228,18 +232,41 @@ def test_the_machine_takes_any_frame_from_either_side(
             if isinstance(action, m.Deliver | m.WriteToCli):
                 json.dumps(action.frame.data)  # whatever it writes is valid JSON
     # Wrong types in supervisor frames were reported, and the session still works.
-    while h.machine.deadline is not None and not h.machine.finished:
-        h.expire()
-        for action in list(h.last):
-            if isinstance(action, m.Spawn):
-                h.feed(m.CliSpawned())
-                h.answer_probe()
-    if not h.machine.finished and h.machine.running_turn is not None:
-        h.cli(result())
-    # Each user turn has exactly one result (a stray result from the CLI, outside any
-    # turn, is relayed as belonging to none).
+    _play_until_idle(h)
+    # Every turn sent (the first, each user frame, each supersede_turn, valid or not) has
+    # exactly one result, numbered in the order sent; a stray result from the CLI,
+    # outside any turn, is relayed as belonging to none.
+    sent = 1 + sum(1 for side, f in sequence if side == "user" and f.type in TURN_TYPES)
     results = h.results_by_turn()
-    assert all(len(r) == 1 for turn, r in results.items() if turn is not None)
+    assert {turn: len(r) for turn, r in results.items() if turn is not None} == {
+        turn: 1 for turn in range(1, sent + 1)
+    }
+
+
+#: The user frames that are turns: each gets one result, even when its content is bad.
+TURN_TYPES = ("user", "supersede_turn")
+
+
+def _play_until_idle(h: Harness) -> None:
+    """Plays the driver and a CLI that ends each turn it runs, until no turn is left."""
+    for _ in range(500):
+        if h.machine.finished:
+            return
+        last = list(h.last)
+        if any(isinstance(a, m.KillTree) for a in last):
+            h.feed(m.CliExited(-9), after=0.01)
+        elif any(isinstance(a, m.Spawn) for a in last):
+            h.feed(m.CliSpawned())
+            h.answer_probe()
+        elif any(isinstance(a, m.KillTurnProcesses) for a in last):
+            h.feed(m.TurnProcessesKilled(0))
+        elif h.machine.running_turn is not None:
+            h.cli(result())
+        elif h.machine.deadline is not None:
+            h.expire()
+        else:
+            return
+    raise AssertionError("the session never became idle")
 
 
 @given(
