@@ -16,6 +16,7 @@ import pytest
 import trio
 from conftest import processes_with_token
 from wrapper_harness import (
+    IN_BAND_FLAGS,
     STREAM_ARGS,
     Wrapper,
     environ,
@@ -28,8 +29,10 @@ from wrapper_harness import (
 
 
 @pytest.fixture
-async def wrapper(fake_claude: Path, home: Path) -> AsyncIterator[Wrapper]:
-    w = await Wrapper.start(supervisor_argv(fake_claude))
+async def wrapper(
+    fake_claude: Path, home: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Wrapper]:
+    w = await Wrapper.start(supervisor_argv(fake_claude, *getattr(request, "param", ())))
     try:
         yield w
     finally:
@@ -98,6 +101,7 @@ async def test_each_user_frame_gets_one_result_even_when_sent_mid_turn(wrapper: 
     assert [r["fake_history"][-1] for r in results] == ["[[fake: tool=1]]", "a", "b"]
 
 
+@pytest.mark.parametrize("wrapper", [IN_BAND_FLAGS], ids=["in_band"], indirect=True)
 async def test_cancel_turn_in_band(wrapper: Wrapper) -> None:
     await wrapper.send(user("[[fake: tool=60]]"))
     await wrapper.expect(is_tool_use)
@@ -337,8 +341,10 @@ async def test_bad_options_exit_2_with_a_clear_message(
 
 
 async def test_flags_win_over_the_environment(fake_claude: Path, home: Path) -> None:
+    # Neither FAST_FLAGS' 0.5 s, nor the default 1.5 s, nor the environment's 30 s fits.
+    flags = ["--interrupt-timeout", "3", "--interrupt-ack-timeout", "30"]
     w = await Wrapper.start(
-        supervisor_argv(fake_claude, "--interrupt-timeout", "0.2"),
+        supervisor_argv(fake_claude, *flags),
         env=environ(CLAUDE_SUPERVISOR_INTERRUPT_TIMEOUT="30"),
     )
     try:
@@ -347,7 +353,7 @@ async def test_flags_win_over_the_environment(fake_claude: Path, home: Path) -> 
         await w.send({"type": "cancel_turn"})
         report = (await w.expect(is_system("supervisor_cancel")))["report"]
         sigint = next(s["ms"] for s in report["steps"] if s["name"] == "sigint_sent")
-        assert 200 <= sigint < 30_000
+        assert 3000 <= sigint < 30_000
     finally:
         await w.close_stdin()
         await w.wait()
@@ -368,7 +374,11 @@ async def test_masquerading_as_claude_on_path(
     path = f"{wrapper_dir}{os.pathsep}{fake_claude.parent}{os.pathsep}{os.environ['PATH']}"
     w = await Wrapper.start(
         STREAM_ARGS,
-        env=environ(PATH=path, CLAUDE_SUPERVISOR_INTERRUPT_TIMEOUT="0.3"),
+        env=environ(
+            PATH=path,
+            CLAUDE_SUPERVISOR_INTERRUPT_TIMEOUT="3",
+            CLAUDE_SUPERVISOR_INTERRUPT_ACK_TIMEOUT="30",
+        ),
         executable=[str(wrapper_dir / "claude")],
     )
     try:
@@ -377,7 +387,8 @@ async def test_masquerading_as_claude_on_path(
         await w.send({"type": "cancel_turn"})
         report = (await w.expect(is_system("supervisor_cancel")))["report"]
         assert report["path"] == "sigint"
-        assert report["steps"][1]["ms"] < 2000  # the environment's 0.3 s, not the default
+        sigint = next(s["ms"] for s in report["steps"] if s["name"] == "sigint_sent")
+        assert sigint >= 3000  # the environment's 3 s, not the default 1.5 s
     finally:
         await w.close_stdin()
         await w.wait()

@@ -30,6 +30,11 @@ from supervisor import (
 
 ARGS = ["-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose"]
 FAST = EscalationPolicy(interrupt_timeout=0.5, sigint_timeout=2.0, kill_timeout=0.5)
+#: For cancels meant to end in-band: deadlines a loaded machine cannot miss (a stopped
+#: CLI is still killed at once).
+IN_BAND = EscalationPolicy(
+    interrupt_timeout=30.0, interrupt_ack_timeout=30.0, sigint_timeout=2.0, kill_timeout=0.5
+)
 #: Generous: the machine running the tests may be busy.
 DEADLINE = 120
 
@@ -162,7 +167,7 @@ async def test_a_burst_on_one_chat_does_not_starve_the_others(
 
 
 async def test_a_full_queue_raises_and_drops_nothing(fake_claude: Path, home: Path) -> None:
-    async with open_pool(fake_claude, max_queued=2) as pool:
+    async with open_pool(fake_claude, max_queued=2, policy=IN_BAND) as pool:
         running = await pool.send("a", "[[fake: tool=60]]")
         await until_tool_runs(running)
         queued = [await pool.send("a", "second"), await pool.send("a", "third")]
@@ -185,7 +190,7 @@ async def test_a_full_queue_raises_and_drops_nothing(fake_claude: Path, home: Pa
 async def test_a_wedged_or_crashing_chat_never_delays_the_others(
     fake_claude: Path, home: Path, process_audit: str
 ) -> None:
-    async with open_pool(fake_claude, max_active=5) as pool:
+    async with open_pool(fake_claude, max_active=5, policy=IN_BAND) as pool:
         wedged = await pool.send("wedged", "[[fake: tool=60, wedge]]")
         await until_tool_runs(wedged)
         stalled = await pool.send("stalled", "[[fake: stream=60]]")

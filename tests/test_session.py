@@ -20,11 +20,18 @@ from supervisor import EscalationPolicy, Session, Turn, open_session
 ARGS = ["-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose"]
 #: Short deadlines keep the ladder quick; generous enough for a loaded CI machine.
 FAST = EscalationPolicy(interrupt_timeout=0.5, sigint_timeout=2.0, kill_timeout=0.5)
+#: For cancels meant to end in-band (`path == "interrupt"`): an interrupt deadline a loaded
+#: machine cannot miss, the unanswered-interrupt shortcut off. Tests that climb keep FAST.
+IN_BAND = attrs.evolve(FAST, interrupt_timeout=30.0, interrupt_ack_timeout=30.0)
+in_band = pytest.mark.parametrize("session", [IN_BAND], ids=["in_band"], indirect=True)
 
 
 @pytest.fixture
-async def session(fake_claude: Path, home: Path) -> AsyncIterator[Session]:
-    async with open_session(ARGS, claude=fake_claude, policy=FAST) as s:
+async def session(
+    fake_claude: Path, home: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Session]:
+    policy = getattr(request, "param", FAST)
+    async with open_session(ARGS, claude=fake_claude, policy=policy) as s:
         yield s
 
 
@@ -59,6 +66,7 @@ async def test_a_turns_frames_end_with_its_result(session: Session) -> None:
     assert frames[-1] == await turn.result()
 
 
+@in_band
 async def test_cancel_answered_in_band(session: Session, process_audit: str) -> None:
     turn = await session.send("[[fake: tool=60, escapee]]")
     await tool_running(turn)
@@ -106,7 +114,8 @@ async def test_unanswered_interrupt_goes_to_sigint_when_the_shortcut_is_off(
 async def test_unanswered_interrupt_skips_sigint(
     fake_claude: Path, home: Path, process_audit: str
 ) -> None:
-    policy = attrs.evolve(FAST, interrupt_ack_timeout=0.2)
+    # A long interrupt deadline: a loaded machine cannot reach it before the shortcut.
+    policy = attrs.evolve(IN_BAND, interrupt_ack_timeout=0.2)
     async with open_session(ARGS, claude=fake_claude, policy=policy) as session:
         turn = await session.send("[[fake: tool=60, mute_interrupt]]")
         await tool_running(turn)
@@ -114,7 +123,7 @@ async def test_unanswered_interrupt_skips_sigint(
         assert report is not None and report.path == "kill" and report.respawned
         assert report.step_ms("sigint_sent") is None and report.trigger == "request"
         kill_sent = report.step_ms("kill_sent")
-        assert kill_sent is not None and kill_sent < FAST.interrupt_timeout * 1000
+        assert kill_sent is not None and kill_sent < policy.interrupt_timeout * 1000
         assert (await turn.result())["terminal_reason"] == "cancelled"
         assert strays(session, process_audit) == []
         assert (await (await session.send("next")).result())["subtype"] == "success"
@@ -123,7 +132,7 @@ async def test_unanswered_interrupt_skips_sigint(
 async def test_the_turn_timeout_cancels_through_the_ladder_and_reports(
     fake_claude: Path, home: Path, process_audit: str
 ) -> None:
-    policy = attrs.evolve(FAST, turn_timeout=1.0)
+    policy = attrs.evolve(IN_BAND, turn_timeout=1.0)
     async with open_session(ARGS, claude=fake_claude, policy=policy) as session:
         turn = await session.send("[[fake: tool=60, escapee]]")
         result = await turn.result()  # nobody cancels: the turn timeout does
@@ -137,7 +146,7 @@ async def test_the_turn_timeout_cancels_through_the_ladder_and_reports(
 
 
 async def test_the_stall_watchdog_cancels_a_silent_turn(fake_claude: Path, home: Path) -> None:
-    policy = attrs.evolve(FAST, stall_timeout=1.0)
+    policy = attrs.evolve(IN_BAND, stall_timeout=1.0)
     async with open_session(ARGS, claude=fake_claude, policy=policy) as session:
         result = await (await session.send("[[fake: stream=60]]")).result()
         assert result["terminal_reason"] == "aborted_streaming"
@@ -194,6 +203,7 @@ async def test_crash_mid_turn_gives_a_result_and_the_session_recovers(session: S
     assert "before" in after["fake_history"]
 
 
+@in_band
 async def test_supersede_runs_next_and_queued_turns_keep_their_place(session: Session) -> None:
     running = await session.send("[[fake: tool=60]]")
     await tool_running(running)
@@ -253,9 +263,11 @@ async def test_garbage_from_the_cli_is_reported(session: Session) -> None:
 
 
 async def test_slow_start(fake_claude: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FAKE_CLAUDE_START_DELAY", "1")
+    monkeypatch.setenv("FAKE_CLAUDE_START_DELAY", "2")
+    started = trio.current_time()
     async with open_session(ARGS, claude=fake_claude, policy=FAST) as s:
         assert (await (await s.send("hi")).result())["subtype"] == "success"
+        assert trio.current_time() - started >= 2  # the start was slow indeed
 
 
 async def test_a_session_that_cannot_be_resumed_goes_on_as_a_new_one(
@@ -383,8 +395,14 @@ async def test_send_after_close_is_refused(fake_claude: Path, home: Path) -> Non
 async def test_env_and_cwd_reach_the_cli(fake_claude: Path, home: Path, tmp_path: Path) -> None:
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
-    env = {**os.environ, "HOME": str(home)}
+    other_home = tmp_path / "other-home"  # not the HOME the test already runs with
+    other_home.mkdir()
+    env = {**os.environ, "HOME": str(other_home)}
     async with open_session(ARGS, claude=fake_claude, policy=FAST, cwd=cwd, env=env) as s:
         turn = await s.send("where?")
         frames = [f async for f in turn]
         assert frames[0]["cwd"] == str(cwd)
+        # The fake keeps its transcript under $HOME: the CLI saw the HOME it was given.
+        transcript = Path(".claude", "fake-sessions", f"{s.session_id}.jsonl")
+        assert (other_home / transcript).is_file()
+        assert not (home / transcript).exists()

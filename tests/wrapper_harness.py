@@ -15,6 +15,11 @@ import trio
 
 STREAM_ARGS = ["-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose"]
 FAST_FLAGS = ["--interrupt-timeout", "0.5", "--sigint-timeout", "2", "--kill-timeout", "0.5"]
+#: For a cancel meant to end in-band (`path == "interrupt"`): a healthy CLI answers in
+#: milliseconds, but a loaded 2-core machine can miss a 0.5 s deadline, so these tests get
+#: one it cannot miss, and the unanswered-interrupt shortcut off (ack deadline >= it).
+#: Tests that mean to climb keep FAST_FLAGS. Given after FAST_FLAGS, these win.
+IN_BAND_FLAGS = ["--interrupt-timeout", "30", "--interrupt-ack-timeout", "30"]
 
 Frame = dict[str, Any]
 

@@ -54,11 +54,16 @@ def stubborn_tool(marker: Path, seconds: int = 300) -> str:
 
 def wrapper_env(claude_cli: Path, cli_env: dict[str, str]) -> dict[str, str]:
     """The environment an SDK passes the wrapper: it finds the real CLI and takes its own
-    settings from these variables (an SDK passes the CLI's arguments only)."""
+    settings from these variables (an SDK passes the CLI's arguments only).
+
+    The SDK tests' interrupts are meant to end in-band (or, for a stopped CLI, to go
+    straight to the kill): an interrupt deadline a loaded machine cannot miss, with the
+    unanswered-interrupt shortcut off (its deadline is not shorter)."""
     return {
         **cli_env,
         "CLAUDE_SUPERVISOR_CLAUDE": str(claude_cli),
-        "CLAUDE_SUPERVISOR_INTERRUPT_TIMEOUT": "1",
+        "CLAUDE_SUPERVISOR_INTERRUPT_TIMEOUT": "30",
+        "CLAUDE_SUPERVISOR_INTERRUPT_ACK_TIMEOUT": "30",
         "CLAUDE_SUPERVISOR_SIGINT_TIMEOUT": "3",
         "CLAUDE_SUPERVISOR_KILL_TIMEOUT": "1",
     }

@@ -10,7 +10,15 @@ import psutil
 import pytest
 import trio
 from conftest import cli_of, processes_with_token
-from wrapper_harness import FAST_FLAGS, Wrapper, is_result, is_system, is_tool_use, user
+from wrapper_harness import (
+    FAST_FLAGS,
+    IN_BAND_FLAGS,
+    Wrapper,
+    is_result,
+    is_system,
+    is_tool_use,
+    user,
+)
 
 from supervisor.testing.fake_api import FakeMessagesAPI, typed_user_texts
 
@@ -21,9 +29,10 @@ pytestmark = pytest.mark.real_cli
 
 @pytest.fixture
 async def wrapper(
-    claude_cli: Path, cli_env: dict[str, str], workdir: Path
+    claude_cli: Path, cli_env: dict[str, str], workdir: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[Wrapper]:
-    argv = ["--claude", str(claude_cli), *FAST_FLAGS, "--sigint-timeout", "4", "--", *ARGS]
+    flags = [*FAST_FLAGS, "--sigint-timeout", "4", *getattr(request, "param", ())]
+    argv = ["--claude", str(claude_cli), *flags, "--", *ARGS]
     w = await Wrapper.start(argv, env=cli_env, cwd=workdir)
     try:
         yield w
@@ -41,6 +50,7 @@ def the_cli(wrapper: Wrapper) -> psutil.Process:
     return cli_of(helper)
 
 
+@pytest.mark.parametrize("wrapper", [IN_BAND_FLAGS], ids=["in_band"], indirect=True)
 async def test_cancel_turn_in_band(wrapper: Wrapper, workdir: Path) -> None:
     await wrapper.send(user(long_tool(workdir / "started")))
     await wrapper.expect(is_tool_use)

@@ -19,6 +19,11 @@ from .conftest import ARGS, long_tool, wait_for_file
 pytestmark = pytest.mark.real_cli
 
 POLICY = EscalationPolicy(interrupt_timeout=2, sigint_timeout=4, kill_timeout=1)
+#: For cancels meant to end in-band (`path == "interrupt"`): deadlines a loaded machine
+#: cannot miss, the unanswered-interrupt shortcut off.
+IN_BAND = EscalationPolicy(
+    interrupt_timeout=30, interrupt_ack_timeout=30, sigint_timeout=4, kill_timeout=1
+)
 
 
 async def start_tool(session: Session, marker: Path, **kwargs: bool) -> Turn:
@@ -30,7 +35,9 @@ async def start_tool(session: Session, marker: Path, **kwargs: bool) -> Turn:
 async def test_in_band_cancel_kills_even_an_escaped_grandchild(
     claude_cli: Path, cli_env: dict[str, str], workdir: Path, process_audit: str
 ) -> None:
-    async with open_session(ARGS, claude=claude_cli, env=cli_env, cwd=workdir) as session:
+    async with open_session(
+        ARGS, claude=claude_cli, env=cli_env, cwd=workdir, policy=IN_BAND
+    ) as session:
         turn = await start_tool(session, workdir / "started", escapee=True)
         started = trio.current_time()
         report = await session.cancel()
@@ -144,7 +151,9 @@ async def test_one_result_per_send_even_when_sent_during_a_tool_call(
 async def test_supersede_with_the_real_cli(
     claude_cli: Path, cli_env: dict[str, str], workdir: Path
 ) -> None:
-    async with open_session(ARGS, claude=claude_cli, env=cli_env, cwd=workdir) as session:
+    async with open_session(
+        ARGS, claude=claude_cli, env=cli_env, cwd=workdir, policy=IN_BAND
+    ) as session:
         running = await start_tool(session, workdir / "started")
         queued = await session.send("queued")
         new = await session.supersede("instead")
@@ -157,7 +166,9 @@ async def test_supersede_with_the_real_cli(
 async def test_a_stalled_model_stream_is_cancelled_in_band(
     claude_cli: Path, cli_env: dict[str, str], workdir: Path, api: FakeMessagesAPI
 ) -> None:
-    async with open_session(ARGS, claude=claude_cli, env=cli_env, cwd=workdir) as session:
+    async with open_session(
+        ARGS, claude=claude_cli, env=cli_env, cwd=workdir, policy=IN_BAND
+    ) as session:
         turn = await session.send("[[api: stall]]")
         await trio.to_thread.run_sync(api.wait_for_stall)
         report = await session.cancel()
@@ -198,7 +209,7 @@ async def test_a_tool_that_ignores_sigterm_and_sigint_is_killed(
         f'pathlib.Path("{marker}").touch(); time.sleep(300)\''
     )
     async with open_session(
-        ARGS, claude=claude_cli, env=cli_env, cwd=workdir, policy=POLICY
+        ARGS, claude=claude_cli, env=cli_env, cwd=workdir, policy=IN_BAND
     ) as session:
         turn = await session.send(f"[[api: bash={stubborn}]]")
         await wait_for_file(marker)

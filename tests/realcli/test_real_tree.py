@@ -13,7 +13,7 @@ import psutil
 import pytest
 import trio
 from conftest import cli_of, stray_processes
-from wrapper_harness import FAST_FLAGS, Frame, Wrapper, is_result, is_system, user
+from wrapper_harness import FAST_FLAGS, IN_BAND_FLAGS, Frame, Wrapper, is_result, is_system, user
 
 from .conftest import ARGS, long_tool, wait_for_file
 
@@ -90,7 +90,7 @@ def step_ms(report: dict[str, object], name: str) -> float:
 async def test_a_fork_chain_does_not_outlive_an_in_band_cancel(
     start: Start, workdir: Path, process_audit: str
 ) -> None:
-    w = await start(FAST_FLAGS)
+    w = await start([*FAST_FLAGS, *IN_BAND_FLAGS])
     await w.send(user(chain(workdir / "started")))
     await wait_for_file(workdir / "started")
     await w.send({"type": "cancel_turn"})
@@ -149,7 +149,7 @@ async def test_an_in_band_cancel_of_the_first_turn_keeps_the_mcp_server(
     config = tmp_path / "mcp.json"
     server = {"command": sys.executable, "args": [str(MCP_SERVER), str(pid_file)]}
     config.write_text(json.dumps({"mcpServers": {"test": server}}))
-    w = await start(FAST_FLAGS, ["--mcp-config", str(config)])
+    w = await start([*FAST_FLAGS, *IN_BAND_FLAGS], ["--mcp-config", str(config)])
     await w.send(user(long_tool(workdir / "started", escapee=True)))
     await wait_for_file(workdir / "started")
     await wait_for_file(pid_file)

@@ -10,7 +10,7 @@ import psutil
 import pytest
 import trio
 from conftest import cli_of, stray_processes
-from wrapper_harness import Wrapper, is_result, is_system, user
+from wrapper_harness import IN_BAND_FLAGS, Wrapper, is_result, is_system, user
 
 from supervisor.testing.fake_api import FakeMessagesAPI
 
@@ -55,7 +55,7 @@ async def test_a_stalled_model_stream_is_ended_by_the_stall_timeout(
     api: FakeMessagesAPI,
     process_audit: str,
 ) -> None:
-    async with wrapper_with("--stall-timeout", str(STALL)) as w:
+    async with wrapper_with("--stall-timeout", str(STALL), *IN_BAND_FLAGS) as w:
         await w.send(user("first"))
         first = await w.expect(is_result)
         sent = trio.current_time()
@@ -88,7 +88,7 @@ async def test_a_long_tool_call_outlives_the_stall_timeout(
 async def test_the_turn_timeout_ends_a_long_tool_call(
     wrapper_with: StartWrapper, workdir: Path, process_audit: str
 ) -> None:
-    async with wrapper_with("--turn-timeout", str(TURN)) as w:
+    async with wrapper_with("--turn-timeout", str(TURN), *IN_BAND_FLAGS) as w:
         await w.send(user("first"))
         first = await w.expect(is_result)
         sent = trio.current_time()
