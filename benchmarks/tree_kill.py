@@ -30,6 +30,7 @@ from pathlib import Path
 import psutil
 
 from supervisor import _tree as tree
+from supervisor._policy import TREE_GRACE
 
 CHAIN = str(Path(__file__).parent.parent / "tests" / "fork_chain.py")
 TOKEN = "TREE_KILL_BENCH_TOKEN"
@@ -59,7 +60,7 @@ def _alive(token: str) -> list[psutil.Process]:
 
 def _clean_up(token: str) -> None:
     """Whatever a failed kill left (a chain may still be forking): the fixed tree kill."""
-    tree.terminate(lambda: _alive(token), timeout=0.2)
+    tree.terminate(lambda: _alive(token), timeout=0.2, grace=TREE_GRACE)
 
 
 def _run(tool: list[str], kill_timeout: float, ready: Path, stop: bool) -> tuple[float, int]:
@@ -68,7 +69,11 @@ def _run(tool: list[str], kill_timeout: float, ready: Path, stop: bool) -> tuple
     status_read, status_write = os.pipe()
     lifeline_read, lifeline_write = os.pipe()
     command = tree.helper_command(
-        _cli(tool), status_fd=status_write, lifeline_fd=lifeline_read, kill_timeout=kill_timeout
+        _cli(tool),
+        status_fd=status_write,
+        lifeline_fd=lifeline_read,
+        kill_timeout=kill_timeout,
+        grace=TREE_GRACE,
     )
     helper = subprocess.Popen(
         command,

@@ -27,6 +27,7 @@ from pathlib import Path
 import psutil
 
 from supervisor import _tree  # read-only: the helper's command line, and a subreaper
+from supervisor._policy import TREE_GRACE
 
 from .common import (
     Json,
@@ -92,7 +93,7 @@ def supervisor_kill(count: int, env: dict[str, str], work: Path) -> tuple[float,
     life_r, life_w = os.pipe()
     cli = [sys.executable, str(TREE_CLI), str(count), str(pidfile), str(STUBBORN_EVERY)]
     command = _tree.helper_command(
-        cli, status_fd=status_w, lifeline_fd=life_r, kill_timeout=KILL_GRACE
+        cli, status_fd=status_w, lifeline_fd=life_r, kill_timeout=KILL_GRACE, grace=TREE_GRACE
     )
     helper = subprocess.Popen(
         command, pass_fds=(status_w, life_r), env=env, stdin=subprocess.DEVNULL

@@ -882,7 +882,7 @@ class SessionMachine:
             return
         if purpose is Purpose.CLOSE:
             self._answer_held(self._why_unanswered(purpose), out)
-            self._finish(_exit_code(event.returncode), out)
+            self._finish(exit_code(event.returncode), out)
             return
         if esc is None:
             self._error(
@@ -1260,7 +1260,7 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
 
 
-def _exit_code(returncode: int | None) -> int:
+def exit_code(returncode: int | None) -> int:
     if returncode is None:
         return 1
     return 128 - returncode if returncode < 0 else returncode

@@ -20,6 +20,8 @@ import trio
 from . import _tree as tree
 from ._config import WrapperConfig
 from ._framing import LineSplitter
+from ._machine import exit_code
+from ._policy import TREE_GRACE
 from ._relay import watch_parent
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -39,6 +41,7 @@ async def run_passthrough(
         status_fd=status_write,
         lifeline_fd=lifeline_read,
         kill_timeout=config.policy.kill_timeout,
+        grace=TREE_GRACE,
         tag=status.tag,
     )
     with trio.open_signal_receiver(*FORWARDED) as signals:
@@ -76,7 +79,7 @@ async def run_passthrough(
         if report.get("event") == "exited":
             code = report.get("returncode")
             if isinstance(code, int):
-                return 128 - code if code < 0 else code
+                return exit_code(code)
     return 1
 
 
@@ -119,5 +122,5 @@ class _Status:
             # The helper died (SIGKILL) before it killed the tree: do it (_tree.kill_tagged).
             self.cli = None
             await trio.to_thread.run_sync(
-                tree.kill_tagged, self.tag, self.started, self.kill_timeout
+                tree.kill_tagged, self.tag, self.started, self.kill_timeout, TREE_GRACE
             )

@@ -12,6 +12,16 @@ import math
 
 import attrs
 
+#: The one owner of the "grace after the kill" (every other such delay derives from it):
+#: how long, after `kill_timeout`, SIGKILLed processes may take to disappear before the
+#: supervisor gives up on the tree (a process stuck in the kernel, e.g. on a dead NFS
+#: mount).
+REAP_GRACE = 5.0
+
+#: The helper's own kill rounds stop this much earlier (one second under `REAP_GRACE`),
+#: so that its report reaches the session before the session gives up waiting.
+TREE_GRACE = REAP_GRACE - 1.0
+
 
 def _positive_finite(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
@@ -75,4 +85,4 @@ class EscalationPolicy:
     #: on the tree (a process stuck in the kernel, e.g. on a dead NFS mount).
     @property
     def reap_timeout(self) -> float:
-        return self.kill_timeout + 5.0
+        return self.kill_timeout + REAP_GRACE

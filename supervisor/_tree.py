@@ -1,4 +1,10 @@
-"""Process trees: the only module that knows about psutil, signals and Linux specifics.
+"""Process trees: walking, freezing and killing them, and the helper that owns them.
+
+Of the supervisor proper, this is where signals to the CLI's tree are decided and sent
+and where Linux specifics live. The trio side (`_process.py`, `_passthrough.py`) still
+holds the CLI as the `psutil.Process` of the helper's `spawned` report (see
+`process_of`) to forward SIGINT and see whether it is stopped, and SIGTERMs its own
+child, the helper; `_pool.py` reads available memory through psutil.
 
 Why a helper process. The CLI's Bash tool runs its shells in their own session, and a
 tool may `setsid` a grandchild that is then re-parented away: neither is reached by
@@ -57,11 +63,6 @@ import psutil
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
-
-#: How long, after `kill_timeout`, a kill may go on (rounds of SIGKILL, processes taking
-#: time to disappear) before it gives up: under the machine's `reap_timeout`
-#: (`kill_timeout` + 5 s), so that the helper's report comes before the session gives up.
-_REAP_GRACE = 4.0
 
 Identity = tuple[int, float]  # (pid, creation time): a process, safe against pid reuse
 
@@ -167,8 +168,8 @@ def terminate(
     listing: Callable[[], Iterable[psutil.Process]],
     timeout: float,
     *,
+    grace: float,
     reap: Callable[[], None] | None = None,
-    grace: float | None = None,
 ) -> int:
     """Kills every process `listing()` gives, until it gives none; returns how many.
 
@@ -180,13 +181,15 @@ def terminate(
     ours or someone else's (a wedged CLI), can act on it at once rather than after
     `timeout`. After `timeout`, or as soon as the listing is empty, rounds of freeze and
     SIGKILL follow until it is empty, bounded by `timeout + grace` in all: this never
-    blocks without a deadline on processes it is trying to kill.
+    blocks without a deadline on processes it is trying to kill. (`grace` is
+    `_policy.TREE_GRACE`, passed in: this file runs as a script that must not import the
+    package.)
 
     `reap` is called while waiting, by a caller that is the parent of some of them (the
     helper), so that they do not linger as zombies.
     """
     start = time.monotonic()
-    deadline = start + timeout + (_REAP_GRACE if grace is None else grace)
+    deadline = start + timeout + grace
     signalled: set[Identity] = set()
 
     def send(procs: Iterable[psutil.Process], signum: int) -> None:
@@ -377,7 +380,7 @@ def tagged(tag: str, since: float) -> list[psutil.Process]:
     return found
 
 
-def kill_tagged(tag: str, since: float, timeout: float) -> int:
+def kill_tagged(tag: str, since: float, timeout: float, grace: float) -> int:
     """Kills what a dead helper would have killed: every process tagged with `tag`.
 
     The helper's orphans were re-parented to init (or a subreaper above us), so they are
@@ -388,11 +391,11 @@ def kill_tagged(tag: str, since: float, timeout: float) -> int:
     until a few passes in a row find none; a scan of every process takes milliseconds,
     far longer than a link lives, so killing what a scan listed would come too late.
     No SIGTERM grace: this is the clean-up after a failure. Then the usual kill, for what
-    the chase could not end (bounded like it, by `timeout` + a few seconds).
+    the chase could not end (bounded like it, by `timeout` + `grace`).
     """
     me = os.getpid()
     killed: set[Identity] = set()
-    deadline = time.monotonic() + timeout + _REAP_GRACE
+    deadline = time.monotonic() + timeout + grace
 
     def kill_if_tagged(pid: int) -> bool:
         try:
@@ -413,7 +416,7 @@ def kill_tagged(tag: str, since: float, timeout: float) -> int:
         for pid in psutil.pids():
             found = kill_if_tagged(pid) or found
         quiet = 0 if found else quiet + 1
-    return len(killed) + terminate(lambda: tagged(tag, since), timeout)
+    return len(killed) + terminate(lambda: tagged(tag, since), timeout, grace=grace)
 
 
 def _newest_pids(before: int = 32, after: int = 8) -> list[int]:
@@ -453,6 +456,7 @@ def helper_command(
     status_fd: int,
     lifeline_fd: int,
     kill_timeout: float,
+    grace: float,
     tag: str = "",
 ) -> list[str]:
     """The command line that runs `cli` under a helper (see the module docstring).
@@ -466,6 +470,7 @@ def helper_command(
         str(status_fd),
         str(lifeline_fd),
         str(kill_timeout),
+        str(grace),
         tag,
         "--",
         *cli,
@@ -500,8 +505,8 @@ def _watch_lifeline(fd: int) -> None:
 
 def helper_main(argv: Sequence[str]) -> int:
     status_fd, lifeline_fd, kill_timeout = int(argv[0]), int(argv[1]), float(argv[2])
-    tag = argv[3]
-    cli = list(argv[5:])
+    grace, tag = float(argv[3]), argv[4]
+    cli = list(argv[6:])
     status = os.fdopen(status_fd, "w", buffering=1)
 
     def report(**fields: object) -> None:
@@ -556,7 +561,7 @@ def helper_main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     me = os.getpid()
-    killed = terminate(lambda: descendants(me), kill_timeout, reap=reap)
+    killed = terminate(lambda: descendants(me), kill_timeout, grace=grace, reap=reap)
     # Whatever is still ours (re-parented orphans): reap it, but never wait without a
     # deadline on a process that may not die (stuck in the kernel).
     deadline = time.monotonic() + 1.0

@@ -22,6 +22,7 @@ from wrapper_harness import Wrapper, is_tool_use, supervisor_argv, user
 import supervisor
 from supervisor import _tree as tree
 from supervisor import open_session
+from supervisor._policy import TREE_GRACE
 
 
 async def read_line(stream: trio.abc.ReceiveStream) -> bytes:
@@ -81,7 +82,7 @@ def test_a_reused_pid_is_never_signalled() -> None:
     stranger = spawn_at_pid(first.pid, SLEEP)
     try:
         assert stranger.pid == remembered.pid
-        assert tree.terminate(lambda: [remembered], timeout=0.2) == 0
+        assert tree.terminate(lambda: [remembered], timeout=0.2, grace=TREE_GRACE) == 0
         assert stranger.poll() is None  # untouched
     finally:
         stranger.kill()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -406,3 +407,31 @@ async def test_env_and_cwd_reach_the_cli(fake_claude: Path, home: Path, tmp_path
         transcript = Path(".claude", "fake-sessions", f"{s.session_id}.jsonl")
         assert (other_home / transcript).is_file()
         assert not (home / transcript).exists()
+
+
+async def test_many_sessions_cancelled_at_once_all_end_in_band(
+    fake_claude: Path, home: Path, process_audit: str
+) -> None:
+    """A turn that leaves nothing behind costs its cancel no thread and no sleep: cancels
+    of many sessions at once must not queue behind one another and miss the in-band
+    deadline (a generous one here, that only a queue of slow cleanups could miss)."""
+    policy = attrs.evolve(IN_BAND, sigint_timeout=2.0, kill_timeout=0.5)
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = [
+            await stack.enter_async_context(open_session(ARGS, claude=fake_claude, policy=policy))
+            for _ in range(24)
+        ]
+        turns = [await s.send("[[fake: tool=60]]") for s in sessions]
+        for turn in turns:
+            await tool_running(turn)
+        reports: list[Any] = []
+
+        async def cancel(s: Session) -> None:
+            reports.append(await s.cancel())
+
+        async with trio.open_nursery() as nursery:
+            for s in sessions:
+                nursery.start_soon(cancel, s)
+        assert [r.path for r in reports] == ["interrupt"] * len(sessions)
+        for turn in turns:
+            assert (await turn.result())["terminal_reason"] == "aborted_tools"

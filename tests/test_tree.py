@@ -23,6 +23,7 @@ import pytest
 from conftest import processes_with_token
 
 from supervisor import _tree as tree
+from supervisor._policy import TREE_GRACE
 
 CHAIN = str(Path(__file__).with_name("fork_chain.py"))
 
@@ -39,6 +40,7 @@ class Helper:
             status_fd=status_write,
             lifeline_fd=lifeline_read,
             kill_timeout=kill_timeout,
+            grace=TREE_GRACE,
             tag=self.tag,
         )
         self.proc = subprocess.Popen(
@@ -132,7 +134,7 @@ def test_a_fork_chain_started_by_a_turn_is_killed_and_the_cli_kept(
         def listing() -> list[psutil.Process]:
             return tree.turn_processes(h.proc.pid, before, {h.cli.pid})
 
-        tree.terminate(listing, timeout=0.5)
+        tree.terminate(listing, timeout=0.5, grace=TREE_GRACE)
         assert alive(process_audit, but=h.proc.pid) == [h.cli]
         assert h.stop(timeout=30)["event"] == "exited"
 
@@ -180,7 +182,7 @@ def test_processes_in_the_clis_own_session_are_not_a_turns(
         assert os.getsid(own.pid) == os.getsid(h.cli.pid) != os.getsid(tool.pid)
         found = tree.turn_processes(h.proc.pid, frozenset(), {h.cli.pid})
         assert found == [tool]
-        tree.terminate(lambda: found, timeout=5)
+        tree.terminate(lambda: found, timeout=5, grace=TREE_GRACE)
         assert not tool.is_running() or tool.status() == psutil.STATUS_ZOMBIE
         assert own.is_running() and own.status() != psutil.STATUS_ZOMBIE
         assert h.stop(timeout=30)["survivors"] == 0
@@ -197,7 +199,7 @@ def test_a_fork_chain_left_by_a_sigkilled_helper_is_killed_by_its_tag(
         wait_for(marker)
         h.proc.kill()
         h.proc.wait()
-        assert tree.kill_tagged(h.tag, h.started, timeout=0.5) >= 1
+        assert tree.kill_tagged(h.tag, h.started, timeout=0.5, grace=TREE_GRACE) >= 1
         for _ in range(3):  # one scan may miss a live link; three in a row will not
             assert alive(process_audit) == []
             time.sleep(0.05)
