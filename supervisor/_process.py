@@ -113,7 +113,7 @@ class CliProcess:
                 psutil.STATUS_STOPPED,
                 psutil.STATUS_TRACING_STOP,
             )
-        except psutil.Error:
+        except tree.GONE:
             return False
 
     def kill_tree(self) -> None:

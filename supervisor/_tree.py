@@ -66,6 +66,12 @@ _PR_SET_CHILD_SUBREAPER = 36
 
 Identity = tuple[int, float]  # (pid, creation time): a process, safe against pid reuse
 
+# What reading a process that is going away can raise. psutil turns a vanished /proc
+# entry into NoSuchProcess only if the pid's directory is still absent when it looks
+# again; in a fork chain a new process may already hold the pid, and the raw
+# FileNotFoundError escapes (seen in CI, `psutil.Process(pid)` racing a dying link).
+GONE = (psutil.Error, OSError)
+
 
 def _prctl(option: int, value: int) -> bool:
     """Calls prctl(2) on Linux; False elsewhere or on failure."""
@@ -91,7 +97,7 @@ def become_subreaper() -> bool:
 def identity(proc: psutil.Process) -> Identity | None:
     try:
         return (proc.pid, proc.create_time())
-    except psutil.Error:
+    except GONE:
         return None
 
 
@@ -123,7 +129,7 @@ def children(proc: psutil.Process) -> list[psutil.Process]:
     if pids is None:
         try:
             return proc.children()
-        except psutil.Error:
+        except GONE:
             return []
     found = []
     for pid in pids:
@@ -133,7 +139,7 @@ def children(proc: psutil.Process) -> list[psutil.Process]:
             # between, the newcomer is not our child (unless it is, and then it counts).
             if child.ppid() == proc.pid:
                 found.append(child)
-        except psutil.Error:
+        except GONE:
             continue
     return found
 
@@ -147,7 +153,7 @@ def descendants(
     """
     try:
         root = psutil.Process(pid)
-    except psutil.Error:
+    except GONE:
         return []
     found: list[psutil.Process] = []
     todo = [root]
@@ -267,14 +273,14 @@ def _stopped(proc: psutil.Process) -> bool:
             psutil.STATUS_ZOMBIE,
             psutil.STATUS_DEAD,
         )
-    except psutil.Error:
+    except GONE:
         return True
 
 
 def _running(proc: psutil.Process) -> bool:
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
+    except GONE:
         return False
 
 
@@ -375,7 +381,7 @@ def tagged(tag: str, since: float) -> list[psutil.Process]:
                 and proc.environ().get(TAG_VARIABLE) == tag
             ):
                 found.append(proc)
-        except psutil.Error:
+        except GONE:
             continue
     return found
 
@@ -403,7 +409,7 @@ def kill_tagged(tag: str, since: float, timeout: float, grace: float) -> int:
             if pid == me or proc.create_time() < since or proc.environ().get(TAG_VARIABLE) != tag:
                 return False
             proc.send_signal(signal.SIGKILL)
-        except psutil.Error:
+        except GONE:
             return False
         killed.add((pid, proc.create_time()))
         return True
@@ -443,7 +449,7 @@ def process_of(report: Mapping[str, object]) -> psutil.Process | None:
         if isinstance(created, float) and proc.create_time() != created:
             return None
         return proc
-    except psutil.Error:
+    except GONE:
         return None
 
 
@@ -529,7 +535,7 @@ def helper_main(argv: Sequence[str]) -> int:
     # Not reaped yet (only this thread reaps), so the pid is still the CLI's.
     try:
         created: float | None = psutil.Process(child.pid).create_time()
-    except psutil.Error:
+    except GONE:
         created = None
     report(event="spawned", pid=child.pid, create_time=created)
     # Started after the fork above (no thread may run while forking with preexec_fn).

@@ -34,7 +34,7 @@ def processes_with_token(token: str) -> list[psutil.Process]:
         try:
             if proc.environ().get(TOKEN_VARIABLE) == token:
                 found.append(proc)
-        except psutil.Error:
+        except (psutil.Error, OSError):  # see supervisor._tree.GONE
             continue
     return found
 
@@ -42,7 +42,7 @@ def processes_with_token(token: str) -> list[psutil.Process]:
 def _alive(proc: psutil.Process) -> bool:
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
+    except (psutil.Error, OSError):  # see supervisor._tree.GONE
         return False
 
 
@@ -75,7 +75,7 @@ def process_audit(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         try:
             described.append(f"{proc.pid}: {' '.join(proc.cmdline())[:200]}")
             proc.kill()
-        except psutil.Error:
+        except (psutil.Error, OSError):  # see supervisor._tree.GONE
             continue
     psutil.wait_procs(alive, timeout=5)
     pytest.fail("processes left running after the test:\n  " + "\n  ".join(described))

@@ -89,7 +89,7 @@ def alive(token: str, *, but: int | None = None) -> list[psutil.Process]:
         try:
             if proc.pid != but and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
-        except psutil.Error:
+        except (psutil.Error, OSError):
             continue
     return found
 
