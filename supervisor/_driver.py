@@ -46,6 +46,7 @@ class Driver:
         deliver: Callable[[Frame, int | None], None],
         cancel_done: Callable[[CancelReport | None], None] = lambda report: None,
         deliver_part: RelayPart | None = None,
+        turn_queued: Callable[[int], None] = lambda turn: None,
     ) -> None:
         self.machine = machine
         self._claude = claude
@@ -55,6 +56,7 @@ class Driver:
         self._deliver = deliver
         self._cancel_done = cancel_done
         self._deliver_part = deliver_part
+        self._turn_queued = turn_queued
         self._process: CliProcess | None = None
         self._nursery: trio.Nursery | None = None
         self._timer = trio.CancelScope()
@@ -105,6 +107,8 @@ class Driver:
     def _perform_one(self, action: m.Action) -> None:
         process = self._process
         match action:
+            case m.TurnQueued(turn):
+                self._turn_queued(turn)
             case m.Deliver(frame, turn):
                 self._deliver(frame, turn)
             case m.WriteToCli(frame):
@@ -115,9 +119,9 @@ class Driver:
             case m.CloseCliInput():
                 if process is not None:
                     process.close_input()
-            case m.SignalCli():
+            case m.SignalCli(signum):
                 if process is not None:
-                    process.send_sigint()
+                    process.send_signal(signum)
             case m.KillTree():
                 if process is not None:
                     process.kill_tree()

@@ -1,5 +1,9 @@
 """The session state machine: everything that decides what happens, and no I/O.
 
+It reads top to bottom as: the events that come in, the actions that go out, the ladder
+(a table saying, for each phase of a cancel or a close, what entering it does, which
+deadline runs, and where each trigger leads), and the class that applies them.
+
 Rules of this file (after h11's `_state.py`):
 
 * Everything that affects what the supervisor does lives here: the queue of user turns,
@@ -23,7 +27,7 @@ import enum
 import itertools
 import signal
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -32,6 +36,7 @@ from . import _protocol as protocol
 from ._args import resume_args, without_session_flags
 from ._framing import Frame, FramingError
 from ._policy import EscalationPolicy
+from ._protocol import Problem, problem
 from ._report import CancelPath, CancelReport, CancelTrigger, Step
 
 # ----------------------------------------------------------------------------- events
@@ -39,9 +44,29 @@ from ._report import CancelPath, CancelReport, CancelTrigger, Step
 
 @attrs.frozen
 class FromUser:
-    """A frame from the supervisor's user: a turn, a control frame, or a supervisor frame."""
+    """A frame from the supervisor's user for the CLI: a user turn, or any other frame.
+
+    Frames that ask the supervisor for something become their own events first
+    (`_inbound.user_event`): `Cancel`, `Supersede`, `ControlRequest`, `Rejected`.
+    """
 
     frame: Frame
+
+
+@attrs.frozen
+class ControlRequest:
+    """A control request from the user, its id and subtype already read."""
+
+    frame: Frame
+    request_id: str | int
+    subtype: str | None
+
+
+@attrs.frozen
+class Rejected:
+    """A frame from the user that asks for something impossible: it is only answered."""
+
+    problem: Problem
 
 
 @attrs.frozen
@@ -51,6 +76,11 @@ class Cancel:
     request_id: Any = None
     cancel_queued: bool = False
     trigger: CancelTrigger = "request"
+
+
+@attrs.frozen
+class InterruptSignal:
+    """The executable's SIGINT: cancel the running turn; while no turn runs, nothing."""
 
 
 @attrs.frozen
@@ -136,6 +166,9 @@ class BadLine:
 
 Event = (
     FromUser
+    | ControlRequest
+    | Rejected
+    | InterruptSignal
     | Cancel
     | Supersede
     | EndOfInput
@@ -172,6 +205,8 @@ class CloseCliInput:
 
 @attrs.frozen
 class SignalCli:
+    """Send `signum` to the CLI process (not to its tools)."""
+
     signum: int
 
 
@@ -191,6 +226,16 @@ class MarkTurnStart:
 @attrs.frozen
 class KillTurnProcesses:
     """Kill the processes the running turn started; answer TurnProcessesKilled."""
+
+
+@attrs.frozen
+class TurnQueued:
+    """A user turn was given its id (turns are numbered from 1 in arrival order).
+
+    Comes before any action about that turn, so a caller can wait for it.
+    """
+
+    turn: int
 
 
 @attrs.frozen
@@ -221,7 +266,8 @@ class CheckCliStopped:
 
 
 Action = (
-    Spawn
+    TurnQueued
+    | Spawn
     | WriteToCli
     | CloseCliInput
     | SignalCli
@@ -234,44 +280,173 @@ Action = (
     | CheckCliStopped
 )
 
-# ---------------------------------------------------------------------------- state
+# ----------------------------------------------------------------------------- the ladder
+
+#: A phase of a cancel or a close: a key of the ladder (strings, so that a ladder can be
+#: extended without touching this file).
+Phase = str
+
+INTERRUPT: Phase = "interrupt"  # the in-band interrupt is sent (or held until the CLI's init)
+EOF = "eof"  # closing: stdin is closed, the CLI should exit on its own
+SIGINT: Phase = "sigint"
+KILL: Phase = "kill"  # the CLI's whole tree is being killed
+CLEANUP: Phase = "cleanup"  # the turn ended in-band; what its tools left is being killed
+RESPAWN: Phase = "respawn"  # the CLI is gone; the resumed one must answer to be ready
+FRESH: Phase = "fresh"  # the resume failed; the CLI started as a new session must answer
+
+
+class Trigger(enum.Enum):
+    """What moves the ladder on."""
+
+    RESULT = "result"  # the running turn's result came
+    EXITED = "exited"  # the CLI exited (and its helper killed what was left of its tree)
+    DEADLINE = "deadline"  # the phase's deadline passed
+    UNANSWERED = "unanswered"  # the phase's `answer_timeout` passed: the CLI did not even
+    #                            acknowledge the interrupt, so its event loop is not running
+    STOPPED = "stopped"  # the CLI is stopped (SIGSTOP, a debugger): it acts on nothing
+    TURN_KILLED = "turn_killed"  # what the turn's tools left is gone
+    READY = "ready"  # a respawned CLI answered: it reads its input
+
+
+class End(enum.Enum):
+    """Where a ladder can end."""
+
+    DONE = "done"  # the session goes on: a cancel is reported, a recovery is over
+    CLI_GONE = "cli_gone"  # the CLI exited: a close is over; anything else respawns it
+    TREE_NOT_KILLED = "tree_not_killed"  # the session fails: processes outlived SIGKILL
+    RESUME_NOT_ANSWERED = "resume_not_answered"  # fails: the respawned CLI stays silent
+    FRESH_START_FAILED = "fresh_start_failed"  # fails: not even a new session would start
+
+
+class Entry(enum.Enum):
+    """What entering a phase does, where it needs the machine's state (else an action)."""
+
+    SEND_INTERRUPT = "send_interrupt"  # ours, or the user's own interrupt
+    SPAWN_RESUMED = "spawn_resumed"  # the CLI again with --resume, told what it must know
+    SPAWN_FRESH = "spawn_fresh"  # the CLI again as a new session, the user told why
+
+
+@attrs.frozen
+class Go:
+    """Where a trigger leads: a phase, an end, or nowhere (None), recording `step`."""
+
+    to: Phase | End | None
+    step: str | None = None
+
+
+@attrs.frozen
+class Rung:
+    """One row of the ladder."""
+
+    #: What entering the phase does: an action the driver carries out, or an `Entry`.
+    enter: Entry | Action
+    #: The `EscalationPolicy` field bounding the phase (from its entry); then `DEADLINE`.
+    timeout: str
+    #: Where each trigger leads; a trigger not listed changes nothing.
+    on: Mapping[Trigger, Go]
+    #: The step the report records on entry.
+    step: str | None = None
+    #: The cancel report's `path` from this phase on (None: unchanged).
+    path: CancelPath | None = None
+    #: The `EscalationPolicy` field bounding the wait for the interrupt's acknowledgement
+    #: (from when it is sent); then `UNANSWERED`.
+    answer_timeout: str | None = None
+    #: Whether the CLI still takes control frames: if not, they wait for the ladder's end.
+    takes_control: bool = False
+
+
+#: The cancel ladder and the close, as data. A cancel enters at `INTERRUPT`, a graceful
+#: close at `EOF`, a stop (`Terminate`) at `KILL`, a crash's recovery at `RESPAWN`. Steps
+#: recorded on entry: interrupt_sent (when the interrupt is really written), sigint_sent,
+#: kill_sent, respawned, started_fresh; `ready` when a cancel ends (`End.DONE`).
+LADDER: Mapping[Phase, Rung] = {
+    INTERRUPT: Rung(
+        enter=Entry.SEND_INTERRUPT,
+        timeout="interrupt_timeout",
+        answer_timeout="interrupt_ack_timeout",
+        path="interrupt",
+        takes_control=True,
+        on={
+            Trigger.RESULT: Go(CLEANUP, "result"),
+            Trigger.DEADLINE: Go(SIGINT),
+            Trigger.UNANSWERED: Go(KILL),  # SIGINT is handled on the same stuck loop
+            Trigger.STOPPED: Go(KILL, "cli_stopped"),
+            Trigger.EXITED: Go(End.CLI_GONE, "exited"),
+        },
+    ),
+    EOF: Rung(
+        enter=CloseCliInput(),
+        timeout="exit_timeout",
+        takes_control=True,
+        on={
+            Trigger.RESULT: Go(None, "result"),
+            Trigger.DEADLINE: Go(SIGINT),
+            Trigger.EXITED: Go(End.CLI_GONE, "exited"),
+        },
+    ),
+    SIGINT: Rung(
+        enter=SignalCli(signal.SIGINT),
+        timeout="sigint_timeout",
+        step="sigint_sent",
+        path="sigint",
+        on={
+            Trigger.RESULT: Go(None, "result"),
+            Trigger.DEADLINE: Go(KILL),
+            Trigger.STOPPED: Go(KILL, "cli_stopped"),
+            Trigger.EXITED: Go(End.CLI_GONE, "exited"),
+        },
+    ),
+    KILL: Rung(
+        enter=KillTree(),
+        timeout="reap_timeout",
+        step="kill_sent",
+        path="kill",
+        on={
+            Trigger.RESULT: Go(None, "result"),
+            Trigger.DEADLINE: Go(End.TREE_NOT_KILLED),
+            Trigger.EXITED: Go(End.CLI_GONE, "tree_killed"),
+        },
+    ),
+    CLEANUP: Rung(
+        enter=KillTurnProcesses(),
+        timeout="reap_timeout",
+        on={
+            Trigger.TURN_KILLED: Go(End.DONE, "turn_processes_killed"),
+            Trigger.DEADLINE: Go(End.TREE_NOT_KILLED),
+            Trigger.EXITED: Go(End.CLI_GONE, "exited"),
+        },
+    ),
+    RESPAWN: Rung(
+        enter=Entry.SPAWN_RESUMED,
+        timeout="ready_timeout",
+        step="respawned",
+        on={
+            Trigger.READY: Go(End.DONE),
+            Trigger.DEADLINE: Go(End.RESUME_NOT_ANSWERED),
+            Trigger.EXITED: Go(FRESH, "exited"),  # the transcript cannot be resumed
+        },
+    ),
+    FRESH: Rung(
+        enter=Entry.SPAWN_FRESH,
+        timeout="ready_timeout",
+        step="started_fresh",
+        on={
+            Trigger.READY: Go(End.DONE),
+            Trigger.DEADLINE: Go(End.RESUME_NOT_ANSWERED),
+            Trigger.EXITED: Go(End.FRESH_START_FAILED, "exited"),
+        },
+    ),
+}
+
+_SPAWNS = (Entry.SPAWN_RESUMED, Entry.SPAWN_FRESH)
+
+# ----------------------------------------------------------------------------- state
 
 #: What a respawned CLI is asked when the user sent no session-level control request to
 #: replay: its answer proves it reads its input. An interrupt while no turn runs is
 #: answered and does nothing, on every CLI version tried; 2.0.x ignores unknown
 #: subtypes without a word, so a made-up "ping" would never be answered there.
 PROBE_SUBTYPE = "interrupt"
-
-
-class Rung(enum.Enum):
-    """Where a cancel (or a close) is on the ladder."""
-
-    INTERRUPT = "interrupt"  # in-band interrupt sent (or waiting for init to send it)
-    EOF = "eof"  # closing: stdin closed, waiting for the CLI to exit
-    SIGINT = "sigint"
-    KILL = "kill"
-    CLEANUP = "cleanup"  # the turn ended in-band; killing what its tools left
-    RESPAWN = "respawn"  # the CLI is gone; waiting for the resumed one to answer
-
-
-#: The rung after each one when its deadline passes.
-NEXT_RUNG = {Rung.INTERRUPT: Rung.SIGINT, Rung.EOF: Rung.SIGINT, Rung.SIGINT: Rung.KILL}
-
-
-@attrs.define
-class _Turn:
-    id: int
-    frame: Frame
-    started: float | None = None  # when it was forwarded to the CLI
-    #: What is wrong with its content: such a turn is never forwarded; it gets its result
-    #: when it reaches the head of the queue, so results keep the order of the frames.
-    invalid: str | None = None
-    heard: bool = False  # the CLI wrote a frame since the turn was forwarded
-    not_started: bool = False  # cancelled because the CLI stayed silent (start_timeout)
-    #: For the stall watchdog: when the CLI last wrote during this turn, and the tool
-    #: calls (`tool_use` ids) it announced whose `tool_result` has not come yet.
-    last_output: float | None = None
-    tools: set[str] = attrs.Factory(set)
 
 
 class Purpose(enum.Enum):
@@ -283,23 +458,58 @@ class Purpose(enum.Enum):
 
 
 @attrs.define
+class _Turn:
+    id: int
+    frame: Frame
+    started: float | None = None  # when it was forwarded to the CLI
+    #: What is wrong with its content: such a turn is never forwarded; it gets its result
+    #: when it reaches the head of the queue, so results keep the order of the frames.
+    invalid: Problem | None = None
+    heard: bool = False  # the CLI wrote a frame since the turn was forwarded
+    not_started: bool = False  # cancelled because the CLI stayed silent (start_timeout)
+    #: For the stall watchdog: when the CLI last wrote during this turn, and the tool
+    #: calls (`tool_use` ids) it announced whose `tool_result` has not come yet.
+    last_output: float | None = None
+    tools: set[str] = attrs.Factory(set)
+
+
+@attrs.define
+class _Cli:
+    """One CLI process, from its spawn to its exit: what is known only about it."""
+
+    proven: bool = False  # it wrote a frame: it started properly
+    initialized: bool = False  # this turn's system/init came (interrupts work from then)
+    awaiting: set[str] = attrs.Factory(set)  # our requests it must answer to be ready
+    #: The user's interrupts the supervisor answered itself: this CLI's late answer to
+    #: one of them is dropped, so the user gets exactly one.
+    answered: set[Any] = attrs.Factory(set)
+    resume_errors: list[str] = attrs.Factory(list)  # what a failing resume said
+
+
+@attrs.define
 class _Escalation:
-    """A cancel, a close or a recovery in progress: the ladder's position and timeline."""
+    """A cancel, a close or a recovery in progress: where it is, and its timeline."""
 
     purpose: Purpose
     started: float
-    rung: Rung
-    deadline: float | None
+    trigger: CancelTrigger = "request"
+    phase: Phase = INTERRUPT
+    entered: float = 0.0  # when `phase` was entered: its deadline runs from then
     steps: list[Step] = attrs.Factory(list)
     path: CancelPath = "interrupt"
     killed: int = 0
-    interrupt_id: Any = None  # the id of the interrupt sent (ours or the user's)
+    request_ids: list[Any] = attrs.Factory(list)
+    #: The user's own interrupt, sent in place of ours; then the id of the one sent.
+    user_interrupt: Frame | None = None
+    interrupt_id: Any = None
     #: An interrupt held until the CLI's init: one sent before it is ignored by the CLI.
     pending_interrupt: Frame | None = None
-    request_ids: list[Any] = attrs.Factory(list)
-    trigger: CancelTrigger = "request"
     interrupt_sent_at: float | None = None
-    acknowledged: bool = False  # the CLI answered the interrupt: it is alive
+    acknowledged: bool = False  # the CLI answered the interrupt: its loop runs
+    #: The CLI's last exit, and what it said in a result first (a failing --resume
+    #: writes one): for the next phase to explain.
+    exit: CliExited | None = None
+    said: list[str] = attrs.Factory(list)
 
 
 class SessionMachine:
@@ -309,45 +519,39 @@ class SessionMachine:
         self,
         args: Sequence[str],
         policy: EscalationPolicy | None = None,
+        *,
+        ladder: Mapping[Phase, Rung] = LADDER,
     ) -> None:
         self.args = tuple(args)
         self.policy = policy or EscalationPolicy()
+        self.ladder = ladder
         self.session_id: str | None = None
+        #: Why the session cannot go on, once it cannot.
+        self.failure: Problem | None = None
         self.finished = False
-        #: The id the next user turn gets (turns are numbered from 1 in arrival order).
-        self.next_turn_id = 1
+        #: How many times the CLI could not resume and went on as a new session.
+        self.sessions_lost = 0
 
-        self._ids = itertools.count(1)
+        self._turn_ids = itertools.count(1)
+        self._own_ids = itertools.count(1)
         self._queue: deque[_Turn | Frame] = deque()  # user turns and held control frames
         self._running: _Turn | None = None
+        self._cli: _Cli | None = None  # the CLI process, from spawn to exit
         self._escalation: _Escalation | None = None
         self._closing: EndOfInput | None = None
-        self._failed: str | None = None
-
-        # The CLI process.
-        self._alive = False  # spawned and not yet exited
-        self._proven = False  # it wrote a frame: it started properly
-        self._initialized = False  # this turn's system/init came (interrupts work from then)
-        self._respawning = False  # spawned to resume; not ready until it answers
-        self._starting_fresh = False  # spawned without --resume after a resume failed
-        self._resume_errors: list[str] = []  # what a failing resumed CLI said in a result
-        self._awaiting: set[str] = set()  # our control requests it has not answered
-
         # What a respawned CLI must be told again, by subtype (the latest of each).
         self._session_requests: dict[str, Frame] = {}
         # The user's control requests the CLI has not answered yet, by request id.
         self._user_requests: dict[Any, Frame] = {}
-        # The user's interrupts the supervisor answered itself: a late answer from the
-        # CLI to one of them is dropped, so the user gets exactly one.
-        self._answered: set[Any] = set()
 
     # ------------------------------------------------------------------ public
 
     @property
     def deadline(self) -> float | None:
         """When to feed `DeadlinePassed` if no other event comes first."""
-        if self._escalation is not None:
-            return self._escalation.deadline
+        esc = self._escalation
+        if esc is not None:
+            return self._phase_deadline(esc)[0]
         return _earliest(self._start_deadline(), self._watchdog_deadline())
 
     @property
@@ -360,11 +564,11 @@ class SessionMachine:
 
     @property
     def ready(self) -> bool:
-        return self._alive and not self._respawning and self._failed is None
+        return self._cli is not None and not self._respawning and self.failure is None
 
     @property
     def cancelling(self) -> bool:
-        return self._purpose is Purpose.CANCEL
+        return self._escalation is not None and self._escalation.purpose is Purpose.CANCEL
 
     @property
     def escalating(self) -> bool:
@@ -372,12 +576,13 @@ class SessionMachine:
         return self._escalation is not None
 
     @property
-    def _purpose(self) -> Purpose | None:
-        return self._escalation.purpose if self._escalation else None
+    def _respawning(self) -> bool:
+        esc = self._escalation
+        return esc is not None and self.ladder[esc.phase].enter in _SPAWNS
 
     def start(self, now: float) -> list[Action]:
         """The first actions of a session: spawn the CLI with the user's arguments."""
-        return self._spawn(self.args, now, respawn=False)
+        return self._spawn(self.args, now, replay=False)
 
     def handle(self, event: Event, now: float) -> list[Action]:
         if self.finished:
@@ -385,7 +590,14 @@ class SessionMachine:
         out: list[Action] = []
         match event:
             case FromUser(frame):
-                self._on_user_frame(frame, now, out)
+                self._on_user_frame(frame, out)
+            case ControlRequest():
+                self._on_user_control_request(event, now, out)
+            case Rejected(why):
+                self._error(out, why)
+            case InterruptSignal():
+                if self._running is not None:  # the SIGINT contract: idle, it does nothing
+                    self._on_cancel(None, False, now, out, "sigint")
             case Cancel(request_id, cancel_queued, trigger):
                 self._on_cancel(request_id, cancel_queued, now, out, trigger)
             case Supersede(frame):
@@ -394,7 +606,7 @@ class SessionMachine:
                 if self._closing is None or not event.drain:  # "now" beats "drain"
                     self._closing = event
                 if not event.drain:
-                    self._drop_queued("the session was closed before this turn started", out)
+                    self._drop_queued(problem("cancelled", "closed_before_start"), out)
             case Terminate():
                 self._on_terminate(now, out)
             case FromCli(frame):
@@ -406,154 +618,158 @@ class SessionMachine:
             case CliExited():
                 self._on_exit(event, now, out)
             case TurnProcessesKilled(count):
-                self._on_turn_processes_killed(count, now, out)
+                if self._escalation is not None and Trigger.TURN_KILLED in self._rung.on:
+                    self._escalation.killed += count
+                    self._fire(Trigger.TURN_KILLED, now, out)
             case DeadlinePassed():
                 self._on_deadline(now, out)
             case BadLine(source, error):
                 self._on_bad_line(source, error, out)
             case CliStopped():
-                self._on_cli_stopped(now, out)
+                self._fire(Trigger.STOPPED, now, out)
         self._pump(now, out)
         return out
 
-    def _on_bad_line(self, source: str, error: FramingError, out: list[Action]) -> None:
-        code = error.code if source == "user" else f"cli_{error.code}"
-        who = "your input" if source == "user" else "the Claude Code CLI's output"
-        details = {"preview": error.preview} if error.preview else {}
-        message = f"a line of {who} was dropped: {error.message}"
-        out.append(Deliver(protocol.supervisor_error(code, message, **details), self.running_turn))
+    # ------------------------------------------------------------ the ladder
 
-    def _on_spawn_failed(self, message: str, now: float, out: list[Action]) -> None:
-        self._alive = False
-        where = "claude= in the library, --claude or CLAUDE_SUPERVISOR_CLAUDE in the executable"
-        if self._respawning:
-            code = "respawn_failed"
-            what = (
-                "as a new session after the resume failed"
-                if self._starting_fresh
-                else f"to resume session {self.session_id}"
-            )
-            message = (
-                f"cannot restart the Claude Code CLI {what}: "
-                f"{message}; reinstall it or point the supervisor at it ({where})"
-            )
-        else:
-            code, message = "cli_not_started", f"{message}; check the CLI's path ({where})"
-        self._fail(code, message, now, out)
+    @property
+    def _rung(self) -> Rung:
+        assert self._escalation is not None
+        return self.ladder[self._escalation.phase]
 
-    # ------------------------------------------------------------- user input
+    def _phase_deadline(self, esc: _Escalation) -> tuple[float, Trigger]:
+        """When the phase ends by itself, and as what.
 
-    def _on_user_frame(self, frame: Frame, now: float, out: list[Action]) -> None:
-        kind = frame.type
-        if kind == "user":
-            self._enqueue(frame, out, front=False)
-        elif kind == "cancel_turn":
-            self._on_cancel_turn_frame(frame, now, out)
-        elif kind == "supersede_turn":
-            # Checked like a user frame's content: a bad one gets its error and its result.
-            self._on_supersede(protocol.user_message(frame.data.get("content")), now, out)
-        elif kind is not None and kind.startswith("supervisor_"):
-            self._error(
-                out,
-                "unknown_supervisor_frame",
-                f"unknown supervisor frame type {kind!r}; "
-                "the supervisor accepts cancel_turn and supersede_turn",
-            )
-        elif kind == "control_request":
-            if _request_id(frame.data) is None:
-                self._error(
-                    out,
-                    "invalid_control_request",
-                    'a control_request needs a "request_id" (a string or an integer) '
-                    "to be answered; it was not sent to the CLI",
-                )
-                return
-            self._on_user_control_request(frame, now, out)
-        elif kind == "control_response":
-            # The user's answer to one of the CLI's requests: only that CLI can use it.
-            if self._alive and not self._respawning:
-                out.append(WriteToCli(frame))
-        else:
-            self._forward_or_hold(frame, out)
+        The interrupt's phase has two: its result's, and sooner its acknowledgement's. A
+        live CLI acknowledges an interrupt within milliseconds; one that does not has an
+        event loop that cannot run, and SIGINT is handled on that same loop.
+        """
+        rung = self.ladder[esc.phase]
+        deadline = esc.entered + getattr(self.policy, rung.timeout)
+        if rung.answer_timeout is not None and esc.interrupt_sent_at is not None:
+            unanswered = esc.interrupt_sent_at + getattr(self.policy, rung.answer_timeout)
+            if not esc.acknowledged and unanswered < deadline:
+                return unanswered, Trigger.UNANSWERED
+        return deadline, Trigger.DEADLINE
 
-    def _on_cancel_turn_frame(self, frame: Frame, now: float, out: list[Action]) -> None:
-        request_id = frame.data.get("request_id")
-        cancel_queued = frame.data.get("cancel_queued", False)
-        if not isinstance(request_id, str | int | None) or isinstance(request_id, bool):
-            self._error(
-                out,
-                "invalid_cancel_turn",
-                'cancel_turn "request_id" must be a string or an integer',
-            )
-            return
-        if not isinstance(cancel_queued, bool):
-            self._error(out, "invalid_cancel_turn", 'cancel_turn "cancel_queued" must be a boolean')
-            return
-        self._on_cancel(request_id, cancel_queued, now, out)
-
-    def _on_user_control_request(self, frame: Frame, now: float, out: list[Action]) -> None:
-        request = frame.data.get("request")
-        subtype = request.get("subtype") if isinstance(request, dict) else None
-        request_id = frame.data.get("request_id")
-        if subtype == "interrupt" and self._running is not None:
-            self._user_requests[request_id] = frame
+    def _on_deadline(self, now: float, out: list[Action]) -> None:
+        esc = self._escalation
+        if esc is None:
+            self._on_start_timeout(now, out)
             if self._escalation is None:
-                self._begin_cancel(now, out, interrupt=frame)
-            elif (
-                self._escalation.rung is Rung.INTERRUPT
-                and self._escalation.pending_interrupt is None
-            ):
-                self._forward_control(frame, out)
-            # Otherwise it is answered when the cancel under way ends.
+                self._check_watchdog(now, out)
             return
-        if isinstance(subtype, str) and subtype in protocol.SESSION_LEVEL_SUBTYPES:
-            self._session_requests[subtype] = frame
-        self._forward_or_hold(frame, out)
+        deadline, trigger = self._phase_deadline(esc)
+        if now >= deadline:
+            self._fire(trigger, now, out)
 
-    def _forward_or_hold(self, frame: Frame, out: list[Action]) -> None:
-        """Control frames go straight to a healthy CLI; during a cancel they wait their turn."""
-        if self._can_forward_control():
-            self._forward_control(frame, out)
-        else:
-            self._queue.append(frame)
+    def _fire(self, trigger: Trigger, now: float, out: list[Action]) -> None:
+        """Moves the ladder as its table says for `trigger` in the current phase."""
+        esc = self._escalation
+        if esc is None:
+            return
+        go = self.ladder[esc.phase].on.get(trigger)
+        if go is None:
+            return
+        if go.step is not None:
+            self._step(go.step, now)
+        if isinstance(go.to, End):
+            self._end(go.to, now, out)
+        elif go.to is not None:
+            self._enter(go.to, now, out)
 
-    def _can_forward_control(self) -> bool:
-        if not self.ready:
-            return False
-        return self._escalation is None or self._escalation.rung in (Rung.INTERRUPT, Rung.EOF)
+    def _enter(self, phase: Phase, now: float, out: list[Action]) -> None:
+        esc = self._escalation
+        assert esc is not None
+        rung = self.ladder[phase]
+        esc.phase, esc.entered = phase, now
+        esc.pending_interrupt = None  # never sent: it must not reach the next CLI
+        if rung.path is not None:
+            esc.path = rung.path
+        match rung.enter:
+            case Entry.SEND_INTERRUPT:
+                self._send_interrupt(esc, now, out)
+            case Entry.SPAWN_RESUMED:
+                out.extend(self._spawn(resume_args(self.args, self.session_id), now, replay=True))
+            case Entry.SPAWN_FRESH:
+                self._start_fresh(esc, out)
+                out.extend(self._spawn(without_session_flags(self.args), now, replay=True))
+            case action:
+                out.append(action)
+        if rung.step is not None:
+            self._step(rung.step, now)
 
-    def _forward_control(self, frame: Frame, out: list[Action]) -> None:
-        if frame.type == "control_request":
-            request_id = frame.data.get("request_id")
-            self._user_requests[request_id] = frame
-        out.append(WriteToCli(frame))
-
-    def _enqueue(self, frame: Frame, out: list[Action], *, front: bool) -> _Turn:
-        turn = _Turn(self.next_turn_id, frame)
-        self.next_turn_id += 1
-        if self._failed is not None:
-            out.append(Deliver(self._result("supervisor_failed", self._failed), turn.id))
-            return turn
-        if self._closing is not None:
-            closing = "the session is closing: no new turn can start"
-            out.append(Deliver(self._result("cancelled", closing), turn.id))
-            return turn
-        problem = protocol.user_frame_problem(frame)
-        if problem is not None:
-            # The real CLI neither answers nor fails on such content: forwarded, it would
-            # hold every turn behind it. Said at once; its result comes in its place.
-            turn.invalid = (
-                f"turn {turn.id} was not sent to the Claude Code CLI: {problem}; "
-                "fix the content and send the turn again"
+    def _end(self, end: End, now: float, out: list[Action]) -> None:
+        esc = self._escalation
+        assert esc is not None
+        if end is End.DONE:
+            self._done(esc, now, out)
+        elif end is End.CLI_GONE:
+            self._after_exit(esc, now, out)
+        elif end is End.TREE_NOT_KILLED:
+            self._fail(problem("tree_not_killed"), now, out)
+        elif end is End.RESUME_NOT_ANSWERED:
+            self._fail(
+                problem(
+                    "resume_failed",
+                    "resume_not_answered",
+                    timeout=self.policy.ready_timeout,
+                    session_id=self.session_id,
+                ),
+                now,
+                out,
             )
-            out.append(Deliver(protocol.supervisor_error("invalid_content", turn.invalid), turn.id))
-        if front:
-            self._queue.appendleft(turn)
         else:
-            self._queue.append(turn)
-        return turn
+            exited = esc.exit or CliExited(None)
+            said = exited.stderr_tail.strip() or "; ".join(esc.said)
+            self._fail(
+                problem(
+                    "resume_failed",
+                    "cli_exited_before_answering",
+                    returncode=exited.returncode,
+                    said=said,
+                    fresh=True,
+                ),
+                now,
+                out,
+            )
 
-    # ---------------------------------------------------------------- cancels
+    def _done(self, esc: _Escalation, now: float, out: list[Action]) -> None:
+        """The ladder is over and the session goes on; a cancel gets its report."""
+        self._escalation = None
+        if esc.purpose is not Purpose.CANCEL:
+            return
+        self._step_on(esc, "ready", now)
+        self._answer_pending(out)
+        report = CancelReport(
+            path=esc.path,
+            total_ms=_ms(now - esc.started),
+            steps=tuple(esc.steps),
+            respawned=self.ladder[esc.phase].enter in _SPAWNS,
+            session_id=self.session_id,
+            processes_killed=esc.killed,
+            trigger=esc.trigger,
+        )
+        out.append(CancelDone(report))
+        notice = protocol.supervisor_cancel(
+            report, self.session_id, esc.request_ids, trigger=esc.trigger
+        )
+        out.append(Deliver(notice, None))
+
+    def _after_exit(self, esc: _Escalation, now: float, out: list[Action]) -> None:
+        """The CLI exited during a ladder: its turn and requests are answered; a close
+        is over, anything else respawns it."""
+        if self._running is not None:
+            self._end_running_turn(esc.exit or CliExited(None), esc.purpose, now, out)
+        why = self._why_unanswered(esc.purpose)
+        self._answer_pending(out, why)
+        if esc.purpose is Purpose.CLOSE:
+            self._answer_held(why, out)
+            self._finish(exit_code(esc.exit.returncode if esc.exit else None), out)
+            return
+        self._enter(RESPAWN, now, out)
+
+    # ----------------------------------------------------------------- cancels
 
     def _on_cancel(
         self,
@@ -564,24 +780,17 @@ class SessionMachine:
         trigger: CancelTrigger = "request",
     ) -> None:
         if cancel_queued:
-            self._drop_queued("cancelled before it started", out)
-        if self._escalation is not None and self._purpose is Purpose.CANCEL:
+            self._drop_queued(problem("cancelled", "cancelled_before_start"), out)
+        esc = self._escalation
+        if esc is not None and esc.purpose is Purpose.CANCEL:
             if request_id is not None:
-                self._escalation.request_ids.append(request_id)
+                esc.request_ids.append(request_id)
             return  # joins the cancel under way
-        if self._running is None or self._escalation is not None:
+        if self._running is None or esc is not None:
             out.append(CancelDone(None))
-            out.append(
-                Deliver(
-                    protocol.supervisor_cancel(
-                        None,
-                        self.session_id,
-                        [] if request_id is None else [request_id],
-                        trigger=trigger,
-                    ),
-                    None,
-                )
-            )
+            ids = [] if request_id is None else [request_id]
+            notice = protocol.supervisor_cancel(None, self.session_id, ids, trigger=trigger)
+            out.append(Deliver(notice, None))
             return
         self._begin_cancel(now, out, trigger=trigger)
         if request_id is not None and self._escalation is not None:
@@ -600,168 +809,50 @@ class SessionMachine:
         interrupt: Frame | None = None,
         trigger: CancelTrigger = "request",
     ) -> None:
-        """First rung: the in-band interrupt (sent once the CLI can act on it).
+        """The ladder from its first phase.
 
         The driver is asked at once whether the CLI is stopped: if it is, the interrupt
         and SIGINT cannot work and the ladder goes straight to the kill (`CliStopped`).
         """
-        esc = _Escalation(
-            purpose=Purpose.CANCEL,
-            started=now,
-            rung=Rung.INTERRUPT,
-            deadline=now + self.policy.interrupt_timeout,
-            trigger=trigger,
+        self._escalation = _Escalation(
+            Purpose.CANCEL, started=now, trigger=trigger, user_interrupt=interrupt
         )
-        self._escalation = esc
         out.append(CheckCliStopped())
-        if interrupt is None:
-            interrupt = protocol.control_request(self._own_id("interrupt"), "interrupt")
+        self._enter(INTERRUPT, now, out)
+
+    def _send_interrupt(self, esc: _Escalation, now: float, out: list[Action]) -> None:
+        """Sends the interrupt, or holds it until the CLI's init: one sent before it is
+        acknowledged and ignored (the phase's deadline runs from its entry regardless)."""
+        interrupt = esc.user_interrupt or protocol.control_request(
+            self._own_id("interrupt"), "interrupt"
+        )
         esc.interrupt_id = interrupt.data.get("request_id")
-        if self._initialized:
-            self._send_interrupt(interrupt, now, out)
+        if self._cli is not None and self._cli.initialized:
+            self._write_interrupt(esc, interrupt, now, out)
         else:
-            # An interrupt sent before the CLI's init is acknowledged and ignored:
-            # hold it until init arrives (the deadline runs from now regardless).
             esc.pending_interrupt = interrupt
 
-    def _send_interrupt(self, interrupt: Frame, now: float, out: list[Action]) -> None:
+    def _write_interrupt(
+        self, esc: _Escalation, interrupt: Frame, now: float, out: list[Action]
+    ) -> None:
         out.append(WriteToCli(interrupt))
+        esc.interrupt_sent_at = now
         self._step("interrupt_sent", now)
-        esc = self._escalation
-        if esc is not None and esc.rung is Rung.INTERRUPT:
-            esc.interrupt_sent_at = now
-            esc.deadline = self._interrupt_deadline(esc)
-
-    def _interrupt_deadline(self, esc: _Escalation) -> float:
-        """The interrupt rung's deadline: its result's, or sooner its acknowledgement's.
-
-        A live CLI acknowledges the interrupt within milliseconds; one that does not has
-        an event loop that cannot run, and SIGINT is handled on that same loop.
-        """
-        deadline = esc.started + self.policy.interrupt_timeout
-        if esc.interrupt_sent_at is not None and not esc.acknowledged:
-            deadline = min(deadline, esc.interrupt_sent_at + self.policy.interrupt_ack_timeout)
-        return deadline
-
-    def _on_cli_stopped(self, now: float, out: list[Action]) -> None:
-        esc = self._escalation
-        if esc is None or esc.purpose is not Purpose.CANCEL:
-            return
-        if esc.rung is Rung.INTERRUPT or esc.rung is Rung.SIGINT:
-            self._step("cli_stopped", now)
-            esc.pending_interrupt = None  # never sent: it must not reach the next CLI
-            self._kill(now, out)
-
-    def _on_deadline(self, now: float, out: list[Action]) -> None:
-        esc = self._escalation
-        if esc is None:
-            self._on_start_timeout(now, out)
-            if self._escalation is None:
-                self._check_watchdog(now, out)
-            return
-        if esc.deadline is None or now < esc.deadline:
-            return
-        if esc.rung is Rung.RESPAWN:
-            self._fail(
-                "resume_failed",
-                f"the resumed CLI did not answer within {self.policy.ready_timeout:g} s "
-                f"(session {self.session_id}); raise ready_timeout for very large sessions, "
-                "or start a new session",
-                now,
-                out,
-            )
-            return
-        if esc.rung is Rung.KILL or esc.rung is Rung.CLEANUP:
-            self._fail(
-                "tree_not_killed",
-                "the CLI's processes did not exit after SIGKILL (stuck in the kernel?); "
-                "the session cannot continue",
-                now,
-                out,
-            )
-            return
-        if (
-            esc.rung is Rung.INTERRUPT
-            and esc.purpose is Purpose.CANCEL
-            and esc.interrupt_sent_at is not None
-            and not esc.acknowledged
-            and now < esc.started + self.policy.interrupt_timeout
-        ):
-            # Only the acknowledgement's deadline passed: the CLI's event loop is not
-            # running, and SIGINT is handled there too. Skip it.
-            self._kill(now, out)
-            return
-        self._climb(NEXT_RUNG[esc.rung], now, out)
-
-    def _climb(self, rung: Rung, now: float, out: list[Action]) -> None:
-        esc = self._escalation
-        assert esc is not None
-        esc.rung = rung
-        esc.pending_interrupt = None  # never sent: it must not reach the next CLI
-        if rung is Rung.SIGINT:
-            esc.path = "sigint"
-            esc.deadline = now + self.policy.sigint_timeout
-            out.append(SignalCli(signal.SIGINT))
-            self._step("sigint_sent", now)
-        else:
-            self._kill(now, out)
-
-    def _kill(self, now: float, out: list[Action]) -> None:
-        esc = self._escalation
-        assert esc is not None
-        esc.rung = Rung.KILL
-        esc.path = "kill"
-        esc.deadline = now + self.policy.reap_timeout
-        out.append(KillTree())
-        self._step("kill_sent", now)
 
     def _on_terminate(self, now: float, out: list[Action]) -> None:
         self._closing = EndOfInput(drain=False)
-        self._drop_queued("the session was stopped before this turn started", out)
+        self._drop_queued(problem("cancelled", "stopped_before_start"), out)
         esc = self._escalation
-        if not self._alive or self._failed is not None:
+        if self._cli is None or self.failure is not None:
             return  # already finished, or already killing the tree
-        if esc is not None and esc.purpose is Purpose.CLOSE and esc.rung is Rung.KILL:
+        if esc is not None and esc.purpose is Purpose.CLOSE and esc.phase == KILL:
             return
         if esc is not None and esc.purpose is Purpose.CANCEL:
             out.append(CancelDone(None))
             notice = protocol.supervisor_cancel(None, self.session_id, esc.request_ids)
             out.append(Deliver(notice, None))
-        self._escalation = _Escalation(
-            purpose=Purpose.CLOSE, started=now, rung=Rung.KILL, deadline=None
-        )
-        self._kill(now, out)
-
-    def _on_turn_processes_killed(self, count: int, now: float, out: list[Action]) -> None:
-        esc = self._escalation
-        if esc is None or esc.rung is not Rung.CLEANUP:
-            return
-        esc.killed += count
-        self._step("turn_processes_killed", now)
-        self._finish_cancel(now, out, respawned=False)
-
-    def _finish_cancel(self, now: float, out: list[Action], *, respawned: bool) -> None:
-        esc = self._escalation
-        assert esc is not None
-        self._escalation = None
-        if esc.purpose is not Purpose.CANCEL:
-            return
-        self._step_on(esc, "ready", now)
-        self._answer_pending(out)
-        report = CancelReport(
-            path=esc.path,
-            total_ms=_ms(now - esc.started),
-            steps=tuple(esc.steps),
-            respawned=respawned,
-            session_id=self.session_id,
-            processes_killed=esc.killed,
-            trigger=esc.trigger,
-        )
-        out.append(CancelDone(report))
-        notice = protocol.supervisor_cancel(
-            report, self.session_id, esc.request_ids, trigger=esc.trigger
-        )
-        out.append(Deliver(notice, None))
+        self._escalation = _Escalation(Purpose.CLOSE, started=now)
+        self._enter(KILL, now, out)
 
     def _answer_pending(self, out: list[Action], failure: str | None = None) -> None:
         """The user's control requests still open get their answer from the supervisor.
@@ -773,129 +864,16 @@ class SessionMachine:
         answer one of them later, that answer is dropped: one answer per request.
         """
         for request_id, frame in list(self._user_requests.items()):
-            if _is_interrupt(frame):
+            if protocol.is_interrupt(frame):
                 answer = protocol.control_success(request_id)
             elif failure is not None:
                 answer = protocol.control_error(request_id, failure)
             else:
                 continue
             del self._user_requests[request_id]
-            self._answered.add(request_id)
+            if self._cli is not None:
+                self._cli.answered.add(request_id)
             out.append(Deliver(answer, self.running_turn))
-
-    # --------------------------------------------------------------- from CLI
-
-    def _on_cli_frame(self, frame: Frame, now: float, out: list[Action]) -> None:
-        self._proven = True
-        if self._running is not None:
-            self._note_output(self._running, frame, now)
-        data = frame.data
-        session_id = data.get("session_id")
-        if isinstance(session_id, str) and session_id:
-            self.session_id = session_id
-        kind = frame.type
-        if kind == "control_response":
-            if self._on_control_response(frame, now, out):
-                return
-        elif kind == "system" and frame.subtype == "init":
-            self._initialized = True
-            esc = self._escalation
-            if esc is not None and esc.pending_interrupt is not None:
-                self._send_interrupt(esc.pending_interrupt, now, out)
-                esc.pending_interrupt = None
-        turn = self._running
-        if turn is not None and kind != "control_response":
-            turn.heard = True  # the CLI took the turn up: the start timeout is over
-        if kind == "result" and turn is None and self._respawning:
-            # The real CLI writes one when a --resume fails, before it exits: its errors
-            # explain the failure (see _on_exit), and it belongs to no turn.
-            errors = data.get("errors")
-            if isinstance(errors, list):
-                self._resume_errors += [str(e) for e in errors]
-            return
-        if kind == "result" and turn is None:
-            # Not relayed as a result: a parent counts one result per turn.
-            self._error(
-                out,
-                "cli_unexpected_result",
-                "the Claude Code CLI wrote a result while no turn was running",
-                frame=frame.data,
-            )
-            return
-        out.append(Deliver(frame, turn.id if turn else None))
-        if kind == "result" and turn is not None:
-            self._running = None
-            esc = self._escalation
-            if esc is not None and esc.purpose is Purpose.CANCEL:
-                self._step("result", now)
-                if esc.rung is Rung.INTERRUPT:
-                    esc.rung = Rung.CLEANUP
-                    esc.deadline = now + self.policy.reap_timeout
-                    out.append(KillTurnProcesses())
-
-    def _on_control_response(self, frame: Frame, now: float, out: list[Action]) -> bool:
-        """Handles an answer; True when it was ours and must not reach the user."""
-        response = frame.data.get("response")
-        request_id = _request_id(response) if isinstance(response, dict) else None
-        if request_id is None:
-            return False  # nothing of ours can be answered without an id: relay it
-        esc = self._escalation
-        if esc is not None and request_id == esc.interrupt_id and request_id is not None:
-            self._step("interrupt_answered", now)
-            esc.acknowledged = True
-            if esc.rung is Rung.INTERRUPT:
-                esc.deadline = self._interrupt_deadline(esc)
-        if isinstance(request_id, str) and request_id in self._awaiting:
-            self._awaiting.discard(request_id)
-            if not self._awaiting:
-                self._respawning = False  # ready: _pump ends the respawn
-            return True
-        if isinstance(request_id, str) and request_id.startswith(protocol.OWN_ID_PREFIX):
-            return True
-        if request_id in self._answered:
-            self._answered.discard(request_id)
-            return True  # already answered by the supervisor
-        self._user_requests.pop(request_id, None)
-        return False
-
-    def _on_exit(self, event: CliExited, now: float, out: list[Action]) -> None:
-        self._alive = False
-        self._initialized = False
-        self._awaiting.clear()
-        self._answered.clear()  # that CLI will answer nothing more
-        esc, purpose = self._escalation, self._purpose
-        if esc is not None:
-            esc.killed += event.processes_killed
-            self._step("tree_killed" if esc.rung is Rung.KILL else "exited", now)
-        never_started = self._respawning or (not self._proven and purpose is None)
-        if self._failed is None and purpose is not Purpose.CLOSE and never_started:
-            if self._respawning and not self._starting_fresh:
-                self._start_fresh(event, now, out)
-            else:
-                self._fail_to_start(event, now, out)
-            return
-        if self._running is not None:
-            self._end_running_turn(event, purpose, now, out)
-        self._answer_pending(out, self._why_unanswered(purpose))
-        if self._failed is not None:
-            self._finish(1, out)
-            return
-        if purpose is Purpose.CLOSE:
-            self._answer_held(self._why_unanswered(purpose), out)
-            self._finish(exit_code(event.returncode), out)
-            return
-        if esc is None:
-            self._error(
-                out,
-                "cli_exited",
-                f"the Claude Code CLI exited unexpectedly ({_describe_exit(event.returncode)})"
-                f"{_stderr_hint(event.stderr_tail)}; restarting it with --resume",
-            )
-            esc = self._escalation = _Escalation(
-                purpose=Purpose.RECOVER, started=now, rung=Rung.RESPAWN, deadline=None
-            )
-        esc.rung = Rung.RESPAWN
-        out.extend(self._spawn(resume_args(self.args, self.session_id), now, respawn=True))
 
     def _answer_held(self, why: str, out: list[Action]) -> None:
         """Control requests held for a CLI that will not come back get their answer."""
@@ -905,20 +883,187 @@ class SessionMachine:
                 request_id = held.data.get("request_id")
                 answer = (
                     protocol.control_success(request_id)
-                    if _is_interrupt(held)
+                    if protocol.is_interrupt(held)
                     else protocol.control_error(request_id, why)
                 )
                 out.append(Deliver(answer, None))
 
     def _why_unanswered(self, purpose: Purpose | None) -> str:
-        if self._failed is not None:
-            return self._failed
+        if self.failure is not None:
+            return self.failure.message
         if purpose is Purpose.CLOSE:
-            return "the Claude Code CLI exited before answering: the session was closed"
-        return (
-            "the Claude Code CLI exited before answering; the supervisor restarts it "
-            "(a session-level request is sent to it again; send any other request again)"
+            return problem("cli_exited", "unanswered_on_close").message
+        return problem("cli_exited", "unanswered_on_restart").message
+
+    # ------------------------------------------------------------- user input
+
+    def _on_user_frame(self, frame: Frame, out: list[Action]) -> None:
+        kind = frame.type
+        if kind == "user":
+            self._enqueue(frame, out, front=False)
+        elif kind == "control_response":
+            # The user's answer to one of the CLI's requests: only that CLI can use it.
+            if self._cli is not None and not self._respawning:
+                out.append(WriteToCli(frame))
+        else:
+            self._forward_or_hold(frame, out)
+
+    def _on_user_control_request(
+        self, event: ControlRequest, now: float, out: list[Action]
+    ) -> None:
+        frame, subtype = event.frame, event.subtype
+        esc = self._escalation
+        if subtype == "interrupt" and self._running is not None:
+            self._user_requests[event.request_id] = frame
+            if esc is None:
+                self._begin_cancel(now, out, interrupt=frame)
+            elif self._rung.enter is Entry.SEND_INTERRUPT and esc.pending_interrupt is None:
+                self._forward_control(frame, out)
+            # Otherwise it is answered when the cancel under way ends.
+            return
+        if subtype is not None and subtype in protocol.SESSION_LEVEL_SUBTYPES:
+            self._session_requests[subtype] = frame
+        self._forward_or_hold(frame, out)
+
+    def _forward_or_hold(self, frame: Frame, out: list[Action]) -> None:
+        """Control frames go straight to a healthy CLI; during a cancel they wait their turn."""
+        if self.ready and (self._escalation is None or self._rung.takes_control):
+            self._forward_control(frame, out)
+        else:
+            self._queue.append(frame)
+
+    def _forward_control(self, frame: Frame, out: list[Action]) -> None:
+        if frame.type == "control_request":
+            self._user_requests[frame.data.get("request_id")] = frame
+        out.append(WriteToCli(frame))
+
+    def _enqueue(self, frame: Frame, out: list[Action], *, front: bool) -> _Turn:
+        turn = _Turn(next(self._turn_ids), frame)
+        out.append(TurnQueued(turn.id))
+        if self.failure is not None:
+            failed = problem("supervisor_failed", failure=self.failure.message)
+            out.append(Deliver(self._result(failed), turn.id))
+            return turn
+        if self._closing is not None:
+            out.append(Deliver(self._result(problem("cancelled", "closing")), turn.id))
+            return turn
+        content = protocol.user_frame_problem(frame)
+        if content is not None:
+            # The real CLI neither answers nor fails on such content: forwarded, it would
+            # hold every turn behind it. Said at once; its result comes in its place.
+            turn.invalid = problem("invalid_content", turn=turn.id, problem=content)
+            out.append(Deliver(protocol.error_frame(turn.invalid), turn.id))
+        if front:
+            self._queue.appendleft(turn)
+        else:
+            self._queue.append(turn)
+        return turn
+
+    def _drop_queued(self, why: Problem, out: list[Action]) -> None:
+        for item in [item for item in self._queue if isinstance(item, _Turn)]:
+            self._queue.remove(item)
+            out.append(Deliver(self._result(why), item.id))
+
+    # --------------------------------------------------------------- from CLI
+
+    def _on_cli_frame(self, frame: Frame, now: float, out: list[Action]) -> None:
+        cli = self._cli
+        if cli is not None:
+            cli.proven = True
+        if self._running is not None:
+            self._note_output(self._running, frame, now)
+        data = frame.data
+        session_id = data.get("session_id")
+        if isinstance(session_id, str) and session_id:
+            self.session_id = session_id
+        kind = frame.type
+        esc = self._escalation
+        if kind == "control_response":
+            if self._on_control_response(frame, now, out):
+                return
+        elif kind == "system" and frame.subtype == "init":
+            if cli is not None:
+                cli.initialized = True
+            if esc is not None and esc.pending_interrupt is not None:
+                self._write_interrupt(esc, esc.pending_interrupt, now, out)
+                esc.pending_interrupt = None
+        turn = self._running
+        if turn is not None and kind != "control_response":
+            turn.heard = True  # the CLI took the turn up: the start timeout is over
+        if kind == "result" and turn is None and self._respawning:
+            # The real CLI writes one when a --resume fails, before it exits: its errors
+            # explain the failure (see `_start_fresh`), and it belongs to no turn.
+            errors = data.get("errors")
+            if isinstance(errors, list) and cli is not None:
+                cli.resume_errors += [str(e) for e in errors]
+            return
+        if kind == "result" and turn is None:
+            # Not relayed as a result: a parent counts one result per turn.
+            self._error(out, problem("cli_unexpected_result"), frame=frame.data)
+            return
+        out.append(Deliver(frame, turn.id if turn else None))
+        if kind == "result" and turn is not None:
+            self._running = None
+            self._fire(Trigger.RESULT, now, out)
+
+    def _on_control_response(self, frame: Frame, now: float, out: list[Action]) -> bool:
+        """Handles an answer; True when it was ours and must not reach the user."""
+        response = frame.data.get("response")
+        request_id = protocol.request_id_of(response) if isinstance(response, dict) else None
+        if request_id is None:
+            return False  # nothing of ours can be answered without an id: relay it
+        esc, cli = self._escalation, self._cli
+        if esc is not None and request_id == esc.interrupt_id:
+            self._step("interrupt_answered", now)
+            esc.acknowledged = True
+        if cli is not None and isinstance(request_id, str) and request_id in cli.awaiting:
+            cli.awaiting.discard(request_id)
+            if not cli.awaiting:
+                self._fire(Trigger.READY, now, out)
+            return True
+        if isinstance(request_id, str) and request_id.startswith(protocol.OWN_ID_PREFIX):
+            return True
+        if cli is not None and request_id in cli.answered:
+            cli.answered.discard(request_id)
+            return True  # already answered by the supervisor
+        self._user_requests.pop(request_id, None)
+        return False
+
+    def _on_exit(self, event: CliExited, now: float, out: list[Action]) -> None:
+        cli, self._cli = self._cli, None
+        esc = self._escalation
+        if self.failure is not None:
+            self._finish(1, out)  # the tree of a failed session is gone
+            return
+        if esc is not None:
+            esc.killed += event.processes_killed
+            esc.exit = event
+            esc.said = cli.resume_errors if cli is not None else []
+            self._fire(Trigger.EXITED, now, out)
+            return
+        if cli is not None and not cli.proven:
+            said = event.stderr_tail.strip()
+            self._fail(
+                problem(
+                    "cli_not_started",
+                    "cli_exited_before_answering",
+                    returncode=event.returncode,
+                    said=said,
+                ),
+                now,
+                out,
+            )
+            return
+        # A crash: the turn gets its result, the CLI is restarted with --resume.
+        if self._running is not None:
+            self._end_running_turn(event, None, now, out)
+        self._answer_pending(out, self._why_unanswered(None))
+        self._error(
+            out,
+            problem("cli_exited", returncode=event.returncode, stderr=event.stderr_tail),
         )
+        self._escalation = _Escalation(Purpose.RECOVER, started=now, exit=event)
+        self._enter(RESPAWN, now, out)
 
     def _end_running_turn(
         self, event: CliExited, purpose: Purpose | None, now: float, out: list[Action]
@@ -928,27 +1073,24 @@ class SessionMachine:
         assert turn is not None
         self._running = None
         if purpose is Purpose.CANCEL and turn.not_started:
-            reason = "turn_not_started"
-            message = (
-                f"the Claude Code CLI wrote nothing for {self.policy.start_timeout:g} s after "
-                "this turn was sent to it, so the supervisor cancelled it (the turns behind "
-                "it run next): send it again"
+            why = problem(
+                "turn_not_started", "turn_not_started_result", timeout=self.policy.start_timeout
             )
         elif purpose is Purpose.CANCEL:
-            reason, message = "cancelled", self._cancelled_message()
+            why = self._cancelled_problem()
         elif purpose is Purpose.CLOSE:
-            reason, message = "cancelled", "the session was closed during this turn"
+            why = problem("cancelled", "closed_during_turn")
         else:
-            reason = "cli_exited"
-            message = (
-                f"the Claude Code CLI exited ({_describe_exit(event.returncode)}) during "
-                "this turn; the supervisor restarts it with --resume: send the turn again"
-                + _stderr_hint(event.stderr_tail)
+            why = problem(
+                "cli_exited",
+                "cli_exited_during_turn",
+                returncode=event.returncode,
+                stderr=event.stderr_tail,
             )
         duration = _ms(now - (turn.started or now))
-        out.append(Deliver(self._result(reason, message, duration), turn.id))
+        out.append(Deliver(self._result(why, duration), turn.id))
 
-    def _start_fresh(self, event: CliExited, now: float, out: list[Action]) -> None:
+    def _start_fresh(self, esc: _Escalation, out: list[Action]) -> None:
         """The resumed CLI failed: go on as a new CLI session, and say the history is lost.
 
         A session the CLI cannot resume (`--no-session-persistence` keeps no transcript;
@@ -956,45 +1098,22 @@ class SessionMachine:
         has to restart the CLI. A new session keeps the user's next turns working; the
         user is told what was lost so they can send the context again.
         """
-        why = "; ".join(self._resume_errors) or event.stderr_tail.strip()[-500:]
-        self._resume_errors = []
+        exited = esc.exit or CliExited(None)
+        why = "; ".join(esc.said) or exited.stderr_tail.strip()[-500:]
         lost = self.session_id
-        which = f"session {lost}" if lost else "the session"
-        message = (
-            f"the Claude Code CLI could not resume {which} "
-            f"({_describe_exit(event.returncode)}{'; it said: ' + why if why else ''}), so "
-            "the supervisor started it again as a new session: the conversation's history "
-            "is lost (the CLI no longer knows the earlier turns); send again whatever "
-            "context the next turns need"
+        self._error(
+            out,
+            problem(
+                "session_lost",
+                session_id=lost,
+                returncode=exited.returncode,
+                why=why,
+                no_persistence="--no-session-persistence" in self.args,
+            ),
+            session_id=lost,
         )
-        if "--no-session-persistence" in self.args:
-            message += (
-                ". The session was started with --no-session-persistence, which keeps no "
-                "transcript to resume: drop that flag to keep the history across a cancel "
-                "that restarts the CLI"
-            )
-        self._error(out, "session_lost", message, session_id=lost)
         self.session_id = None  # the new CLI says its own with its first turn
-        out.extend(self._spawn(without_session_flags(self.args), now, respawn=True, fresh=True))
-
-    def _fail_to_start(self, event: CliExited, now: float, out: list[Action]) -> None:
-        said = event.stderr_tail.strip() or "; ".join(self._resume_errors)
-        self._resume_errors = []
-        if self._starting_fresh:
-            code = "resume_failed"
-            what = "the Claude Code CLI, started as a new session after the resume failed,"
-            advice = "check the CLI's arguments and its installation, then start a new session"
-        elif self._respawning:
-            code, what = "resume_failed", "the resumed CLI"
-            advice = "check that the session's transcript still exists, or start a new session"
-        else:
-            code, what = "cli_not_started", "the Claude Code CLI"
-            advice = "check the CLI's path and arguments"
-        message = (
-            f"{what} exited ({_describe_exit(event.returncode)}) before it answered"
-            f"{_stderr_hint(said)}; {advice}"
-        )
-        self._fail(code, message, now, out)
+        self.sessions_lost += 1
 
     # -------------------------------------------------------------- the watchdog
 
@@ -1040,91 +1159,15 @@ class SessionMachine:
         )
         self._begin_cancel(now, out, trigger=trigger)
 
-    def _cancelled_message(self) -> str:
-        """What a cancelled turn's synthesized result says: which limit ended it, if any."""
+    def _cancelled_problem(self) -> Problem:
+        """Why a cancelled turn has no result of its own: which limit ended it, if any."""
         esc = self._escalation
-        trigger = esc.trigger if esc is not None else "request"
-        if trigger == "stall":
-            return (
-                f"the turn was cancelled: the Claude Code CLI wrote nothing for "
-                f"{self.policy.stall_timeout:g} s while no tool was running "
-                "(stall_timeout, --stall-timeout)"
-            )
-        if trigger == "turn_timeout":
-            return (
-                f"the turn was cancelled: it ran longer than its limit of "
-                f"{self.policy.turn_timeout:g} s (turn_timeout, --turn-timeout)"
-            )
-        return "the turn was cancelled"
-
-    # -------------------------------------------------------------- spawning
-
-    def _spawn(
-        self, args: Sequence[str], now: float, *, respawn: bool, fresh: bool = False
-    ) -> list[Action]:
-        """Start a CLI; a respawned one must answer a control request before it is ready.
-
-        `fresh`: started without `--resume`, because resuming failed.
-        """
-        out: list[Action] = [Spawn(tuple(args))]
-        self._alive, self._proven, self._initialized = True, False, False
-        self._respawning = respawn
-        self._starting_fresh = fresh
-        self._resume_errors = []  # only what this CLI says counts
-        if respawn:
-            esc = self._escalation
-            assert esc is not None
-            esc.deadline = now + self.policy.ready_timeout
-            self._step("started_fresh" if fresh else "respawned", now)
-            requests = [
-                protocol.with_request_id(frame, self._own_id("replay"))
-                for frame in self._session_requests.values()
-            ] or [protocol.control_request(self._own_id("probe"), PROBE_SUBTYPE)]
-            for frame in requests:
-                self._awaiting.add(frame.data["request_id"])
-                out.append(WriteToCli(frame))
-        return out
-
-    # -------------------------------------------------------------- the queue
-
-    def _pump(self, now: float, out: list[Action]) -> None:
-        """Moves the session on once nothing blocks it: ends a finished respawn, forwards
-        held control frames, starts the next turn, and starts closing when due."""
-        esc = self._escalation
-        if esc is not None and esc.rung is Rung.RESPAWN and self.ready:
-            self._finish_cancel(now, out, respawned=True)
-        if self._escalation is not None or not self.ready or self.finished:
-            return
-        # Held control frames first, in order: the CLI handles control requests at once
-        # even while turns wait, so none of them must wait behind a queued turn.
-        turns: deque[_Turn | Frame] = deque()
-        for item in self._queue:
-            if isinstance(item, Frame):
-                self._forward_control(item, out)
-            else:
-                turns.append(item)
-        self._queue = turns
-        while self._running is None and self._queue:
-            turn = self._queue.popleft()
-            assert isinstance(turn, _Turn)
-            if turn.invalid is not None:  # its error was said when it came
-                out.append(Deliver(self._result("invalid_content", turn.invalid), turn.id))
-                continue
-            turn.started = now
-            self._running = turn
-            self._initialized = False  # the CLI prints init at the start of every turn
-            out.append(MarkTurnStart())
-            out.append(WriteToCli(turn.frame))
-            break
-        closing = self._closing
-        if closing and not self._queue and (self._running is None or not closing.drain):
-            self._escalation = _Escalation(
-                purpose=Purpose.CLOSE,
-                started=now,
-                rung=Rung.EOF,
-                deadline=now + self.policy.exit_timeout,
-            )
-            out.append(CloseCliInput())
+        return problem(
+            "cancelled",
+            trigger=esc.trigger if esc is not None else "request",
+            stall_timeout=self.policy.stall_timeout,
+            turn_timeout=self.policy.turn_timeout,
+        )
 
     def _start_deadline(self) -> float | None:
         """When the running turn counts as never started, if the CLI stays silent."""
@@ -1142,64 +1185,97 @@ class SessionMachine:
             return
         turn.not_started = True
         self._error(
-            out,
-            "turn_not_started",
-            f"the Claude Code CLI wrote nothing for {self.policy.start_timeout:g} s after turn "
-            f"{turn.id} was sent to it (it starts a turn with system/init within about a "
-            "second); the supervisor cancels the turn so the turns behind it can run. Send it "
-            "again; if the CLI is just slow to start turns (many MCP servers?), raise "
-            "start_timeout (--start-timeout)",
+            out, problem("turn_not_started", timeout=self.policy.start_timeout, turn=turn.id)
         )
         self._begin_cancel(now, out, trigger="start_timeout")
 
-    def _drop_queued(self, why: str, out: list[Action], reason: str = "cancelled") -> None:
-        for item in [item for item in self._queue if isinstance(item, _Turn)]:
-            self._queue.remove(item)
-            out.append(Deliver(self._result(reason, why), item.id))
+    # -------------------------------------------------------------- spawning
+
+    def _spawn(self, args: Sequence[str], now: float, *, replay: bool) -> list[Action]:
+        """Start a CLI; a respawned one must answer a control request before it is ready."""
+        out: list[Action] = [Spawn(tuple(args))]
+        cli = self._cli = _Cli()
+        if replay:
+            requests = [
+                protocol.with_request_id(frame, self._own_id("replay"))
+                for frame in self._session_requests.values()
+            ] or [protocol.control_request(self._own_id("probe"), PROBE_SUBTYPE)]
+            for frame in requests:
+                cli.awaiting.add(frame.data["request_id"])
+                out.append(WriteToCli(frame))
+        return out
+
+    def _on_spawn_failed(self, error: str, now: float, out: list[Action]) -> None:
+        self._cli = None
+        esc = self._escalation
+        if esc is not None and self._respawning:
+            fresh = self.ladder[esc.phase].enter is Entry.SPAWN_FRESH
+            why = problem("respawn_failed", error=error, session_id=self.session_id, fresh=fresh)
+        else:
+            why = problem("cli_not_started", error=error)
+        self._fail(why, now, out)
+
+    # -------------------------------------------------------------- the queue
+
+    def _pump(self, now: float, out: list[Action]) -> None:
+        """Moves the session on once nothing blocks it: forwards held control frames,
+        starts the next turn, and starts closing when due."""
+        if self._escalation is not None or not self.ready or self.finished:
+            return
+        # Held control frames first, in order: the CLI handles control requests at once
+        # even while turns wait, so none of them must wait behind a queued turn.
+        turns: deque[_Turn | Frame] = deque()
+        for item in self._queue:
+            if isinstance(item, Frame):
+                self._forward_control(item, out)
+            else:
+                turns.append(item)
+        self._queue = turns
+        while self._running is None and self._queue:
+            turn = self._queue.popleft()
+            assert isinstance(turn, _Turn)
+            if turn.invalid is not None:  # its error was said when it came
+                out.append(Deliver(self._result(turn.invalid), turn.id))
+                continue
+            turn.started = now
+            self._running = turn
+            if self._cli is not None:
+                self._cli.initialized = False  # the CLI prints init at the start of every turn
+            out.append(MarkTurnStart())
+            out.append(WriteToCli(turn.frame))
+            break
+        closing = self._closing
+        if closing and not self._queue and (self._running is None or not closing.drain):
+            self._escalation = _Escalation(Purpose.CLOSE, started=now)
+            self._enter(EOF, now, out)
 
     # --------------------------------------------------------------- failure
 
-    def _fail(self, code: str, message: str, now: float, out: list[Action]) -> None:
+    def _fail(self, why: Problem, now: float, out: list[Action]) -> None:
         """The session cannot go on: say why, and give every waiting turn its result."""
-        if self._failed is not None:
+        if self.failure is not None:
             return
-        self._failed = message
-        self._error(out, code, message)
+        self.failure = why
+        self._error(out, why)
+        failed = problem("supervisor_failed", failure=why.message)
         if self._running is not None:
-            out.append(Deliver(self._result("supervisor_failed", message), self._running.id))
+            out.append(Deliver(self._result(failed), self._running.id))
             self._running = None
-        self._drop_queued(message, out, "supervisor_failed")
-        for held in self._queue:  # control frames held for the CLI: they get an answer too
-            if isinstance(held, Frame) and held.type == "control_request":
-                request_id = held.data.get("request_id")
-                answer = (
-                    protocol.control_success(request_id)
-                    if _is_interrupt(held)
-                    else protocol.control_error(request_id, message)
-                )
-                out.append(Deliver(answer, None))
+        self._drop_queued(failed, out)
+        self._answer_held(why.message, out)  # control frames held for the CLI
         self._queue.clear()
         esc, self._escalation = self._escalation, None
-        self._answer_pending(out, message)
+        self._answer_pending(out, why.message)
         if esc is not None and esc.purpose is Purpose.CANCEL:
             out.append(CancelDone(None))
             notice = protocol.supervisor_cancel(
                 None, self.session_id, esc.request_ids, trigger=esc.trigger
             )
             out.append(Deliver(notice, None))
-        if self._alive:
+        if self._cli is not None:
             out.append(KillTree())
         else:
             self._finish(1, out)
-
-    def _result(self, reason: str, message: str, duration_ms: float = 0) -> Frame:
-        """A result written by the supervisor, for a turn whose own never came."""
-        return protocol.synthesized_result(
-            session_id=self.session_id,
-            duration_ms=duration_ms,
-            terminal_reason=reason,
-            message=message,
-        )
 
     def _finish(self, exit_code: int, out: list[Action]) -> None:
         if not self.finished:
@@ -1209,12 +1285,26 @@ class SessionMachine:
 
     # ---------------------------------------------------------------- helpers
 
-    def _error(self, out: list[Action], code: str, message: str, **details: Any) -> None:
-        error = protocol.supervisor_error(code, message, **details)
-        out.append(Deliver(error, self.running_turn))
+    def _on_bad_line(self, source: str, error: FramingError, out: list[Action]) -> None:
+        code = error.code if source == "user" else f"cli_{error.code}"
+        details = {"preview": error.preview} if error.preview else {}
+        why = problem(code, "dropped_line", source=source, message=error.message)
+        self._error(out, why, **details)
+
+    def _result(self, why: Problem, duration_ms: float = 0) -> Frame:
+        """A result written by the supervisor, for a turn whose own never came."""
+        return protocol.synthesized_result(
+            session_id=self.session_id,
+            duration_ms=duration_ms,
+            terminal_reason=why.code,
+            message=why.message,
+        )
+
+    def _error(self, out: list[Action], why: Problem, **details: Any) -> None:
+        out.append(Deliver(protocol.error_frame(why, **details), self.running_turn))
 
     def _own_id(self, what: str) -> str:
-        return f"{protocol.OWN_ID_PREFIX}{what}-{next(self._ids)}"
+        return f"{protocol.OWN_ID_PREFIX}{what}-{next(self._own_ids)}"
 
     def _step(self, name: str, now: float) -> None:
         if self._escalation is not None:
@@ -1222,19 +1312,6 @@ class SessionMachine:
 
     def _step_on(self, esc: _Escalation, name: str, now: float) -> None:
         esc.steps.append(Step(name, _ms(now - esc.started)))
-
-
-def _request_id(data: dict[str, Any]) -> str | int | None:
-    """A usable request id (a string or an integer), or None."""
-    value = data.get("request_id")
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        return None
-    return value
-
-
-def _is_interrupt(frame: Frame) -> bool:
-    request = frame.data.get("request")
-    return isinstance(request, dict) and request.get("subtype") == "interrupt"
 
 
 def _block_ids(frame: Frame, block_type: str, key: str) -> list[str]:
@@ -1261,22 +1338,7 @@ def _ms(seconds: float) -> float:
 
 
 def exit_code(returncode: int | None) -> int:
+    """The exit code a wrapper passes on for the CLI's `returncode` (128+N: signal N)."""
     if returncode is None:
         return 1
     return 128 - returncode if returncode < 0 else returncode
-
-
-def _describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "exit status unknown"
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit code {returncode}"
-
-
-def _stderr_hint(tail: str) -> str:
-    tail = tail.strip()
-    return f"; it said: {tail[-500:]}" if tail else ""

@@ -96,11 +96,11 @@ class CliProcess:
     def close_input(self) -> None:
         self._to_cli_send.send_nowait(None)
 
-    def send_sigint(self) -> None:
-        """SIGINT to the CLI itself (not its group: the helper shares it)."""
+    def send_signal(self, signum: int) -> None:
+        """A signal to the CLI itself (not its group: the helper shares it)."""
         if self._cli is not None:
             with contextlib.suppress(psutil.Error):
-                self._cli.send_signal(signal.SIGINT)  # checks the pid was not reused
+                self._cli.send_signal(signum)  # checks the pid was not reused
 
     def is_stopped(self) -> bool:
         """Whether the CLI is stopped (SIGSTOP, job control, a debugger): it acts on nothing."""

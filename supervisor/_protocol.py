@@ -9,8 +9,12 @@ docs/protocol.md describes each of them; keep the two in step.
 from __future__ import annotations
 
 import copy
+import signal
 import uuid
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import attrs
 
 from ._framing import Frame
 from ._report import CancelReport, CancelTrigger
@@ -34,6 +38,19 @@ def control_request(request_id: str, subtype: str, **fields: Any) -> Frame:
             "request": {"subtype": subtype, **fields},
         }
     )
+
+
+def request_id_of(data: Mapping[str, Any]) -> str | int | None:
+    """A usable request id (a string or an integer), or None."""
+    value = data.get("request_id")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return value
+
+
+def is_interrupt(frame: Frame) -> bool:
+    request = frame.data.get("request")
+    return isinstance(request, dict) and request.get("subtype") == "interrupt"
 
 
 def with_request_id(frame: Frame, request_id: str) -> Frame:
@@ -187,6 +204,191 @@ def supervisor_cancel(
 def supervisor_error(code: str, message: str, **details: Any) -> Frame:
     error: dict[str, Any] = {"code": code, "message": message, **details}
     return Frame.from_data({"type": "system", "subtype": "supervisor_error", "error": error})
+
+
+def error_frame(problem: Problem, **details: Any) -> Frame:
+    """The `supervisor_error` that tells the user about `problem`."""
+    return supervisor_error(problem.code, problem.message, **details)
+
+
+# ---------------------------------------------------------------------- wording
+
+
+@attrs.frozen
+class Problem:
+    """Something the supervisor tells its user: a stable code and the facts behind it.
+
+    The machine decides *that* something is wrong and says it as data; the words are
+    chosen here, once (`MESSAGES`), so a message can be reworded without touching the
+    machine or its tests. `code` is what goes on the wire (a `supervisor_error` code, a
+    synthesized result's `terminal_reason`); `wording` picks the message when one code
+    has several (it defaults to the code).
+    """
+
+    code: str
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+    wording: str | None = None
+
+    @property
+    def message(self) -> str:
+        return MESSAGES[self.wording or self.code](**self.params)
+
+
+def problem(code: str, wording: str | None = None, **params: Any) -> Problem:
+    return Problem(code, params, wording)
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "exit status unknown"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def _said(tail: str) -> str:
+    tail = tail.strip()
+    return f"; it said: {tail[-500:]}" if tail else ""
+
+
+_WHERE = "claude= in the library, --claude or CLAUDE_SUPERVISOR_CLAUDE in the executable"
+
+
+def _dropped_line(source: str, message: str) -> str:
+    who = "your input" if source == "user" else "the Claude Code CLI's output"
+    return f"a line of {who} was dropped: {message}"
+
+
+def _respawn_failed(error: str, session_id: str | None, fresh: bool) -> str:
+    what = (
+        "as a new session after the resume failed" if fresh else f"to resume session {session_id}"
+    )
+    return (
+        f"cannot restart the Claude Code CLI {what}: "
+        f"{error}; reinstall it or point the supervisor at it ({_WHERE})"
+    )
+
+
+def _exited_before_answering(returncode: int | None, said: str, fresh: bool = False) -> str:
+    if fresh:
+        what = "the Claude Code CLI, started as a new session after the resume failed,"
+        advice = "check the CLI's arguments and its installation, then start a new session"
+    else:
+        what, advice = "the Claude Code CLI", "check the CLI's path and arguments"
+    return f"{what} exited ({describe_exit(returncode)}) before it answered{_said(said)}; {advice}"
+
+
+def _session_lost(
+    session_id: str | None, returncode: int | None, why: str, no_persistence: bool
+) -> str:
+    which = f"session {session_id}" if session_id else "the session"
+    message = (
+        f"the Claude Code CLI could not resume {which} "
+        f"({describe_exit(returncode)}{'; it said: ' + why if why else ''}), so "
+        "the supervisor started it again as a new session: the conversation's history "
+        "is lost (the CLI no longer knows the earlier turns); send again whatever "
+        "context the next turns need"
+    )
+    if no_persistence:
+        message += (
+            ". The session was started with --no-session-persistence, which keeps no "
+            "transcript to resume: drop that flag to keep the history across a cancel "
+            "that restarts the CLI"
+        )
+    return message
+
+
+def _cancelled(
+    trigger: str = "request", stall_timeout: Any = None, turn_timeout: Any = None
+) -> str:
+    if trigger == "stall":
+        return (
+            f"the turn was cancelled: the Claude Code CLI wrote nothing for "
+            f"{stall_timeout:g} s while no tool was running "
+            "(stall_timeout, --stall-timeout)"
+        )
+    if trigger == "turn_timeout":
+        return (
+            f"the turn was cancelled: it ran longer than its limit of "
+            f"{turn_timeout:g} s (turn_timeout, --turn-timeout)"
+        )
+    return "the turn was cancelled"
+
+
+#: Every message the supervisor's decisions produce, by wording (see `Problem`).
+MESSAGES: dict[str, Callable[..., str]] = {
+    # A line that is not a frame (`code` is the framing error's, `cli_`-prefixed for the CLI).
+    "dropped_line": _dropped_line,
+    # The CLI cannot be started, or did not start.
+    "cli_not_started": lambda error: f"{error}; check the CLI's path ({_WHERE})",
+    "cli_exited_before_answering": _exited_before_answering,
+    "respawn_failed": _respawn_failed,
+    "resume_not_answered": lambda timeout, session_id: (
+        f"the resumed CLI did not answer within {timeout:g} s (session {session_id}); raise "
+        "ready_timeout for very large sessions, or start a new session"
+    ),
+    "session_lost": _session_lost,
+    "tree_not_killed": lambda: (
+        "the CLI's processes did not exit after SIGKILL (stuck in the kernel?); "
+        "the session cannot continue"
+    ),
+    # What the CLI did on its own.
+    "cli_exited": lambda returncode, stderr: (
+        f"the Claude Code CLI exited unexpectedly ({describe_exit(returncode)})"
+        f"{_said(stderr)}; restarting it with --resume"
+    ),
+    "cli_exited_during_turn": lambda returncode, stderr: (
+        f"the Claude Code CLI exited ({describe_exit(returncode)}) during this turn; the "
+        "supervisor restarts it with --resume: send the turn again" + _said(stderr)
+    ),
+    "cli_unexpected_result": lambda: "the Claude Code CLI wrote a result while no turn was running",
+    "turn_not_started": lambda timeout, turn: (
+        f"the Claude Code CLI wrote nothing for {timeout:g} s after turn {turn} was sent to "
+        "it (it starts a turn with system/init within about a second); the supervisor "
+        "cancels the turn so the turns behind it can run. Send it again; if the CLI is "
+        "just slow to start turns (many MCP servers?), raise start_timeout (--start-timeout)"
+    ),
+    "turn_not_started_result": lambda timeout: (
+        f"the Claude Code CLI wrote nothing for {timeout:g} s after this turn was sent to "
+        "it, so the supervisor cancelled it (the turns behind it run next): send it again"
+    ),
+    # What the user sent.
+    "invalid_content": lambda turn, problem: (
+        f"turn {turn} was not sent to the Claude Code CLI: {problem}; "
+        "fix the content and send the turn again"
+    ),
+    "unknown_supervisor_frame": lambda kind: (
+        f"unknown supervisor frame type {kind!r}; "
+        "the supervisor accepts cancel_turn and supersede_turn"
+    ),
+    "invalid_control_request": lambda: (
+        'a control_request needs a "request_id" (a string or an integer) '
+        "to be answered; it was not sent to the CLI"
+    ),
+    "invalid_cancel_turn_request_id": lambda: (
+        'cancel_turn "request_id" must be a string or an integer'
+    ),
+    "invalid_cancel_turn_cancel_queued": lambda: 'cancel_turn "cancel_queued" must be a boolean',
+    # Why a turn got a result the CLI did not write.
+    "cancelled": _cancelled,
+    "closed_during_turn": lambda: "the session was closed during this turn",
+    "closing": lambda: "the session is closing: no new turn can start",
+    "closed_before_start": lambda: "the session was closed before this turn started",
+    "stopped_before_start": lambda: "the session was stopped before this turn started",
+    "cancelled_before_start": lambda: "cancelled before it started",
+    "supervisor_failed": lambda failure: failure,
+    # Why a control request got its answer from the supervisor.
+    "unanswered_on_close": lambda: (
+        "the Claude Code CLI exited before answering: the session was closed"
+    ),
+    "unanswered_on_restart": lambda: (
+        "the Claude Code CLI exited before answering; the supervisor restarts it "
+        "(a session-level request is sent to it again; send any other request again)"
+    ),
+}
 
 
 #: The fields each known content block type cannot do without, and their JSON types.

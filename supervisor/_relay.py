@@ -32,6 +32,7 @@ from ._framing import (
     LongLineStart,
     decode_line,
 )
+from ._inbound import user_event
 from ._report import CancelReport
 
 #: Once stopping, how long the frames for stdout may wait for a reader, beyond the kill
@@ -173,7 +174,7 @@ class Relay:
     def _on_line(self, line: bytes | FramingError) -> None:
         item = decode_line(line) if isinstance(line, bytes) else line
         if isinstance(item, Frame):
-            self.driver.dispatch(m.FromUser(item))
+            self.driver.dispatch(user_event(item))
         else:
             self.driver.dispatch(m.BadLine("user", item))
 
@@ -216,9 +217,7 @@ class Relay:
     async def _watch_signals(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
             if signum == signal.SIGINT:
-                # The SIGINT contract: cancel the running turn; while idle, nothing.
-                if self.machine.running_turn is not None:
-                    self.driver.dispatch(m.Cancel(trigger="sigint"))
+                self.driver.dispatch(m.InterruptSignal())
             else:
                 self._stop(signum)
 

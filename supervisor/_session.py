@@ -89,10 +89,7 @@ class Session:
         #: The report of the latest cancel (supersede's included), None before any.
         self.last_report: CancelReport | None = None
         self._closed = False
-        self._failure: str | None = None  # why the session cannot go on, once it cannot
-        #: How many times the CLI could not resume the session and went on as a new one
-        #: (`session_lost`): the CLI forgot every turn before. See docs/library.md.
-        self.sessions_lost = 0
+        self._queued: Turn | None = None  # the turn the machine queued last
         self._driver = Driver(
             self._machine,
             claude,
@@ -101,7 +98,14 @@ class Session:
             max_line_bytes=max_line_bytes,
             deliver=self._deliver,
             cancel_done=self._cancel_done,
+            turn_queued=self._turn_queued,
         )
+
+    @property
+    def sessions_lost(self) -> int:
+        """How many times the CLI could not resume the session and went on as a new one
+        (`session_lost`): the CLI forgot every turn before. See docs/library.md."""
+        return self._machine.sessions_lost
 
     @property
     def session_id(self) -> str | None:
@@ -163,10 +167,15 @@ class Session:
 
     def _submit(self, event: m.FromUser | m.Supersede) -> Turn:
         self._check_usable()
-        turn = Turn(self._machine.next_turn_id)
-        self._turns[turn.id] = turn
+        self._queued = None
         self._driver.dispatch(event)
+        turn = self._queued
+        assert turn is not None, "the machine queues every user turn it is given"
         return turn
+
+    def _turn_queued(self, turn_id: int) -> None:
+        # Before any frame for the turn: the machine says the id first.
+        self._queued = self._turns[turn_id] = Turn(turn_id)
 
     def _message(self, content: Content) -> Frame:
         """A programming error is the caller's to see at once, not a turn to wait for."""
@@ -177,18 +186,14 @@ class Session:
         return protocol.user_message(content)
 
     def _check_usable(self) -> None:
-        if self._machine.finished and self._failure is not None:
-            raise SessionFailedError(self._failure)
+        failure = self._machine.failure
+        if self._machine.finished and failure is not None:
+            raise SessionFailedError(failure.message)
         if self._closed or self._machine.finished:
             raise SessionClosedError("the session is closed; open a new one")
 
     def _deliver(self, frame: Frame, turn_id: int | None) -> None:
         if frame.type == "system" and frame.subtype == "supervisor_error":
-            error = frame.data.get("error") or {}
-            if isinstance(error, dict) and error.get("code") in _FATAL_CODES:
-                self._failure = str(error.get("message"))
-            if isinstance(error, dict) and error.get("code") == "session_lost":
-                self.sessions_lost += 1
             log.warning("supervisor: %s", frame.data.get("error"))
         turn = self._turns.get(turn_id) if turn_id is not None else None
         if turn is None:
@@ -204,10 +209,6 @@ class Session:
         for done, slot in waiters:
             slot.append(report)
             done.set()
-
-
-#: supervisor_error codes after which the session cannot go on.
-_FATAL_CODES = frozenset({"cli_not_started", "resume_failed", "respawn_failed", "tree_not_killed"})
 
 
 def find_claude(claude: str | os.PathLike[str] | None = None) -> str:
@@ -256,9 +257,10 @@ async def open_session(
     async with trio.open_nursery() as nursery:
         await nursery.start(session._driver.run)
         await session._driver.first_spawn.wait()
-        if session._failure is not None:
+        failure = session._machine.failure
+        if failure is not None:
             await session._driver.finished.wait()
-            escaping = SessionFailedError(session._failure)
+            escaping = SessionFailedError(failure.message)
         else:
             try:
                 yield session

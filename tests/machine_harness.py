@@ -6,6 +6,7 @@ from typing import Any
 
 from supervisor import _machine as m
 from supervisor._framing import Frame
+from supervisor._inbound import user_event
 from supervisor._policy import EscalationPolicy
 from supervisor._report import CancelReport
 
@@ -55,7 +56,7 @@ class Harness:
         return self.last
 
     def user(self, data: Frame) -> list[m.Action]:
-        return self.feed(m.FromUser(data))
+        return self.feed(user_event(data))  # as the executable reads it
 
     def cli(self, data: Frame) -> list[m.Action]:
         return self.feed(m.FromCli(data))

@@ -25,6 +25,7 @@ import attrs
 
 from supervisor import _machine as m
 from supervisor._framing import Frame
+from supervisor._inbound import user_event
 from supervisor._policy import EscalationPolicy
 from supervisor._report import CancelReport
 
@@ -127,38 +128,42 @@ class World:
         self.turn_forwarded = 0.0  # when the running turn reached the CLI
         self.tool_open = False  # a tool_use was written and its tool_result not yet
         self.watchdog_cancels: list[tuple[float, set[str]]] = []  # when, triggers justified
+        self.queued: list[int] = []  # the turn ids the machine gave, in order
         self._apply(self.machine.start(self.now))
 
     # ------------------------------------------------------------ the user
 
     def send(self, behaviour: Behaviour) -> int:
-        turn = self.machine.next_turn_id
+        turn = len(self.submitted) + 1  # turns are numbered in arrival order
         self.behaviours[turn] = behaviour
         self.submitted.append(turn)
         frame = Frame.from_data(
             {"type": "user", "message": {"role": "user", "content": f"t{turn}"}}
         )
         self._feed(m.FromUser(frame))
+        assert self.queued[-1] == turn
         return turn
 
     def supersede(self, behaviour: Behaviour) -> int:
-        turn = self.machine.next_turn_id
+        turn = len(self.submitted) + 1  # turns are numbered in arrival order
         self.behaviours[turn] = behaviour
         self.submitted.append(turn)
         self._note_cancel()
-        self._feed(m.FromUser(Frame.from_data({"type": "supersede_turn", "content": f"t{turn}"})))
+        self._feed(user_event(Frame.from_data({"type": "supersede_turn", "content": f"t{turn}"})))
+        assert self.queued[-1] == turn
         return turn
 
     def send_malformed(self, content: Any, *, supersede: bool = False) -> int:
         """A turn whose content the CLI cannot read: it must never reach the CLI."""
-        turn = self.machine.next_turn_id
+        turn = len(self.submitted) + 1  # turns are numbered in arrival order
         self.submitted.append(turn)
         self.malformed.add(turn)
         if supersede:
             frame = {"type": "supersede_turn", "content": content}
         else:
             frame = {"type": "user", "message": {"role": "user", "content": content}}
-        self._feed(m.FromUser(Frame.from_data(frame)))
+        self._feed(user_event(Frame.from_data(frame)))
+        assert self.queued[-1] == turn
         return turn
 
     def cancel(self, cancel_queued: bool = False) -> None:
@@ -169,11 +174,11 @@ class World:
         self.user_interrupts.setdefault(request_id, 0)
         self._note_cancel()
         request = {"type": "control_request", "request_id": request_id}
-        self._feed(m.FromUser(Frame.from_data({**request, "request": {"subtype": "interrupt"}})))
+        self._feed(user_event(Frame.from_data({**request, "request": {"subtype": "interrupt"}})))
 
     def set_model(self, request_id: str) -> None:
         request = {"type": "control_request", "request_id": request_id}
-        self._feed(m.FromUser(Frame.from_data({**request, "request": {"subtype": "set_model"}})))
+        self._feed(user_event(Frame.from_data({**request, "request": {"subtype": "set_model"}})))
 
     def end_input(self) -> None:
         self._feed(m.EndOfInput(drain=True))
@@ -283,6 +288,8 @@ class World:
     def _apply(self, actions: Iterable[m.Action]) -> None:
         for action in actions:
             match action:
+                case m.TurnQueued(turn):
+                    self.queued.append(turn)
                 case m.Spawn(args):
                     self._spawn(args)
                 case m.WriteToCli(frame):

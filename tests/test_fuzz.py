@@ -34,6 +34,7 @@ from supervisor._framing import (
     decode_line,
     read_head,
 )
+from supervisor._inbound import user_event
 
 # ------------------------------------------------------------------------ framing
 
@@ -227,7 +228,7 @@ def test_the_machine_takes_any_frame_from_either_side(
     h.user(user("a real turn"))
     h.cli(init())
     for side, frame in sequence:
-        event: m.Event = m.FromUser(frame) if side == "user" else m.FromCli(frame)
+        event: m.Event = user_event(frame) if side == "user" else m.FromCli(frame)
         for action in h.feed(event, after=0.01):
             if isinstance(action, m.Deliver | m.WriteToCli):
                 json.dumps(action.frame.data)  # whatever it writes is valid JSON

@@ -8,6 +8,7 @@ from machine_harness import ARGS, SID, Harness, frame, init, response, result, u
 
 from supervisor import _machine as m
 from supervisor._framing import Frame
+from supervisor._inbound import user_event
 from supervisor._policy import EscalationPolicy
 
 
@@ -845,9 +846,9 @@ def test_every_cancel_says_what_started_it() -> None:
     interrupt = frame(type="control_request", request_id="u1", request={"subtype": "interrupt"})
     starts: list[m.Event] = [
         m.Cancel(trigger="sigint"),
-        m.FromUser(frame(type="cancel_turn")),
-        m.FromUser(frame(type="supersede_turn", content="instead")),
-        m.FromUser(interrupt),
+        user_event(frame(type="cancel_turn")),
+        user_event(frame(type="supersede_turn", content="instead")),
+        user_event(interrupt),
     ]
     triggers = []
     for start in starts:
