@@ -65,6 +65,16 @@ class Option:
     help: str
 
     @property
+    def default(self) -> str | None:
+        """The default, worded for --help, read from where it is defined (None: none to say)."""
+        fields = attrs.fields_dict(EscalationPolicy) | attrs.fields_dict(WrapperConfig)
+        field = fields.get(self.name)
+        if field is None or (field.default is None and self.name not in POLICY_FIELDS):
+            return None
+        value = field.default
+        return "off" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+    @property
     def variable(self) -> str:
         return ENV_PREFIX + self.flag.removeprefix("--").replace("-", "_").upper()
 
@@ -73,34 +83,32 @@ OPTIONS = (
     Option("claude", "--claude", str, "the real Claude Code CLI (default: first `claude` on PATH "
            "that is not this wrapper)"),
     Option("interrupt_timeout", "--interrupt-timeout", _seconds,
-           "seconds to wait for the turn's result after the in-band interrupt (default 1.5)"),
+           "seconds to wait for the turn's result after the in-band interrupt"),
     Option("sigint_timeout", "--sigint-timeout", _seconds,
-           "seconds to wait for the CLI to exit after SIGINT (default 3)"),
+           "seconds to wait for the CLI to exit after SIGINT"),
     Option("kill_timeout", "--kill-timeout", _seconds,
-           "seconds between SIGTERM and SIGKILL for the CLI's process tree (default 1)"),
+           "seconds between SIGTERM and SIGKILL for the CLI's process tree"),
     Option("exit_timeout", "--exit-timeout", _seconds,
-           "seconds the CLI may take to exit after its input ends, before the ladder "
-           "(default 3)"),
+           "seconds the CLI may take to exit after its input ends, before the ladder"),
     Option("ready_timeout", "--ready-timeout", _seconds,
-           "seconds a respawned CLI may take to answer before the resume counts as failed "
-           "(default 60)"),
+           "seconds a respawned CLI may take to answer before the resume counts as failed"),
     Option("report_file", "--report-file", Path,
            "append every cancel report to this file, one JSON object a line"),
     Option("max_line_bytes", "--max-line-bytes", _size,
-           f"most buffered to parse one line, in bytes; longer CLI lines are relayed in pieces, "
-           f"longer input lines dropped (default {DEFAULT_MAX_LINE_BYTES})"),
+           "most buffered to parse one line, in bytes; longer CLI lines are relayed in pieces, "
+           "longer input lines dropped"),
     Option("start_timeout", "--start-timeout", _seconds,
            "seconds the CLI may stay silent after a turn is sent to it before the turn counts "
-           "as never started and is cancelled (default 60)"),
+           "as never started and is cancelled"),
     Option("interrupt_ack_timeout", "--interrupt-ack-timeout", _seconds,
            "seconds the CLI may take to acknowledge the in-band interrupt before the "
-           "ladder skips SIGINT and kills the tree (default 0.5)"),
+           "ladder skips SIGINT and kills the tree"),
     Option("stall_timeout", "--stall-timeout", _seconds,
            "cancel the running turn when the CLI writes nothing for this many seconds "
-           "while no tool call runs (default: off)"),
+           "while no tool call runs"),
     Option("turn_timeout", "--turn-timeout", _seconds,
            "cancel a turn that runs longer than this many seconds, tools included "
-           "(default: off)"),
+           ""),
 )  # fmt: skip
 
 POLICY_FIELDS = {a.name for a in attrs.fields(EscalationPolicy)}
@@ -129,7 +137,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
             option.flag,
             dest=option.name,
             metavar="VALUE",
-            help=f"{option.help} [env {option.variable}]",
+            help=option.help
+            + ("" if option.default is None else f" (default {option.default})")
+            + f" [env {option.variable}]",
         )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     return parser

@@ -133,6 +133,9 @@ class Session:
         Raises ValueError, and sends nothing, for content the CLI cannot read (neither a
         string nor a list of content blocks; see docs/protocol.md).
         """
+        # A checkpoint, as trio asks of every async function, and first: cancelled here,
+        # nothing was sent; once sent, the turn is returned without another await.
+        await trio.lowlevel.checkpoint()
         return self._submit(m.FromUser(self._message(content)))
 
     async def supersede(self, content: Content) -> Turn:
@@ -140,6 +143,7 @@ class Session:
 
         Raises ValueError for content the CLI cannot read; the running turn goes on.
         """
+        await trio.lowlevel.checkpoint()  # see send()
         return self._submit(m.Supersede(self._message(content)))
 
     async def cancel(self, *, cancel_queued: bool = False) -> CancelReport | None:

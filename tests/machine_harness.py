@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from supervisor import _machine as m
@@ -39,8 +40,14 @@ def response(request_id: str, subtype: str = "success") -> Frame:
 
 
 class Harness:
-    def __init__(self, policy: EscalationPolicy | None = None, args: tuple[str, ...] = ARGS):
-        self.machine = m.SessionMachine(args, policy)
+    def __init__(
+        self,
+        policy: EscalationPolicy | None = None,
+        args: tuple[str, ...] = ARGS,
+        *,
+        ladder: Mapping[m.Phase, m.Rung] = m.LADDER,
+    ):
+        self.machine = m.SessionMachine(args, policy, ladder=ladder)
         self.now = 0.0
         self.log: list[m.Action] = []
         self.last = self._record(self.machine.start(self.now))

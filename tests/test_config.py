@@ -7,6 +7,7 @@ import pytest
 from supervisor._config import (
     OPTIONS,
     ConfigError,
+    build_parser,
     parse_invocation,
     wants_stream_json_input,
 )
@@ -111,3 +112,19 @@ def test_start_timeout_from_flag_or_environment() -> None:
 def test_bad_values_are_config_errors(argv: list[str], env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_invocation(argv, "x", env)
+
+
+def test_help_states_the_defaults_the_policy_really_has() -> None:
+    """--help reads each default from EscalationPolicy and WrapperConfig, so the two
+    cannot drift apart: what it says is what a run without the flag uses."""
+    help_text = " ".join(build_parser("claude-supervisor").format_help().split())
+    policy = parse_invocation(["--", "-p"], "claude-supervisor", {}).config.policy
+    for option in OPTIONS:
+        value = getattr(policy, option.name, None)
+        if option.name in {"stall_timeout", "turn_timeout"}:
+            assert value is None
+            assert f"{option.flag} VALUE" in help_text
+            assert "(default off)" in help_text.split(option.flag + " VALUE", 1)[1][:300]
+        elif isinstance(value, float):
+            said = help_text.split(option.flag + " VALUE", 1)[1][:300]
+            assert f"(default {value:g})" in said, option.flag

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 
+import attrs
 from machine_harness import ARGS, SID, Harness, frame, init, response, result, user
 
 from supervisor import _machine as m
@@ -858,3 +859,77 @@ def test_every_cancel_says_what_started_it() -> None:
         h.cli(result(subtype="error_during_execution"))
         triggers.append(h.report(h.feed(m.TurnProcessesKilled(0))).trigger)
     assert triggers == ["sigint", "request", "supersede", "request"]
+
+
+def test_a_rung_is_added_through_the_table_alone() -> None:
+    """A SIGTERM rung between SIGINT and the kill: one new row, one changed arrow."""
+    sigterm = "sigterm"
+    ladder = {
+        **m.LADDER,
+        m.SIGINT: attrs.evolve(
+            m.LADDER[m.SIGINT], on={**m.LADDER[m.SIGINT].on, m.Trigger.DEADLINE: m.Go(sigterm)}
+        ),
+        sigterm: m.Rung(
+            enter=m.SignalCli(signal.SIGTERM),
+            timeout="kill_timeout",
+            step="sigterm_sent",
+            on={
+                m.Trigger.DEADLINE: m.Go(m.KILL),
+                m.Trigger.EXITED: m.Go(m.End.CLI_GONE, "exited"),
+            },
+        ),
+    }
+    policy = EscalationPolicy(interrupt_timeout=2, sigint_timeout=3, kill_timeout=4)
+    h = Harness(policy, ladder=ladder)
+    running(h)
+    h.feed(m.Cancel())
+    h.cli(response(h.interrupt_id()))
+    assert m.SignalCli(signal.SIGINT) in h.expire()
+    assert m.SignalCli(signal.SIGTERM) in h.expire()
+    assert h.machine.deadline == 2 + 3 + 4  # the new rung's own deadline
+    h.feed(m.CliExited(-15), after=1)
+    report = h.report(h.answer_probe())
+    assert [s.name for s in report.steps] == [
+        "interrupt_sent",
+        "interrupt_answered",
+        "sigint_sent",
+        "sigterm_sent",
+        "exited",
+        "respawned",
+        "ready",
+    ]
+    assert report.path == "sigint" and report.respawned
+    assert h.results_by_turn()[1][0]["terminal_reason"] == "cancelled"
+
+    # And when SIGTERM is ignored too, the ladder goes on to the kill, as before.
+    h = Harness(policy, ladder=ladder)
+    running(h)
+    h.feed(m.Cancel())
+    h.cli(response(h.interrupt_id()))
+    h.expire()
+    h.expire()
+    assert m.KillTree() in h.expire()
+    h.feed(m.CliExited(-9))
+    assert h.report(h.answer_probe()).path == "kill"
+
+
+def test_every_phase_of_the_ladder_is_reachable_and_can_end() -> None:
+    """The table is consistent: arrows lead to rows, rows name real deadlines, and from
+    every phase some path of triggers leads to an end."""
+    policy = EscalationPolicy()
+    for phase, rung in m.LADDER.items():
+        assert isinstance(getattr(policy, rung.timeout), float), phase
+        if rung.answer_timeout is not None:
+            assert isinstance(getattr(policy, rung.answer_timeout), float), phase
+        for go in rung.on.values():
+            assert go.to is None or isinstance(go.to, m.End) or go.to in m.LADDER, (phase, go)
+    reachable = {m.INTERRUPT, m.EOF, m.KILL, m.RESPAWN}  # where cancels, closes, stops and
+    todo = list(reachable)  # recoveries enter
+    while todo:
+        for go in m.LADDER[todo.pop()].on.values():
+            if isinstance(go.to, str) and go.to not in reachable:
+                reachable.add(go.to)
+                todo.append(go.to)
+    assert reachable == set(m.LADDER)
+    for rung in m.LADDER.values():
+        assert m.Trigger.DEADLINE in rung.on and m.Trigger.EXITED in rung.on
