@@ -472,6 +472,49 @@ class _Turn:
     last_output: float | None = None
     tools: set[str] = attrs.Factory(set)
 
+    def note_output(self, frame: Frame, now: float, *, tools: bool) -> None:
+        """The stall clock restarts with every frame; a tool call pauses it until its result.
+
+        This runs for every frame of a turn, so it only records: the deadline is
+        computed when asked for, and the tool bookkeeping runs only when the stall
+        watchdog is on (`tools`), and then only for `assistant` and `user` frames.
+        """
+        self.last_output = now
+        if not tools:
+            return
+        kind = frame.type
+        if kind == "assistant":
+            self.tools.update(_block_ids(frame, "tool_use", "id"))
+        elif kind == "user" and self.tools:
+            self.tools.difference_update(_block_ids(frame, "tool_result", "tool_use_id"))
+
+    def start_deadline(self, policy: EscalationPolicy) -> float | None:
+        """When the turn counts as never started, if the CLI stays silent."""
+        if self.heard or self.not_started or self.started is None:
+            return None
+        return self.started + policy.start_timeout
+
+    def watchdog_deadline(self, policy: EscalationPolicy) -> float | None:
+        """When the turn is cancelled by the watchdog, if nothing happens first."""
+        if self.started is None:
+            return None
+        deadline: float | None = None
+        if policy.turn_timeout is not None:
+            deadline = self.started + policy.turn_timeout
+        if policy.stall_timeout is not None and not self.tools:
+            since = self.last_output if self.last_output is not None else self.started
+            deadline = _earliest(deadline, since + policy.stall_timeout)
+        return deadline
+
+    def watchdog_trigger(self, policy: EscalationPolicy, now: float) -> CancelTrigger | None:
+        """What cancels the turn at `now`, if its watchdog deadline passed: the turn
+        timeout wins when both did."""
+        deadline = self.watchdog_deadline(policy)
+        if deadline is None or now < deadline or self.started is None:
+            return None
+        timeout = policy.turn_timeout
+        return "turn_timeout" if timeout is not None and now >= self.started + timeout else "stall"
+
 
 @attrs.define
 class _Cli:
@@ -552,7 +595,10 @@ class SessionMachine:
         esc = self._escalation
         if esc is not None:
             return self._phase_deadline(esc)[0]
-        return _earliest(self._start_deadline(), self._watchdog_deadline())
+        turn = self._running
+        if turn is None:
+            return None
+        return _earliest(turn.start_deadline(self.policy), turn.watchdog_deadline(self.policy))
 
     @property
     def running_turn(self) -> int | None:
@@ -655,9 +701,7 @@ class SessionMachine:
     def _on_deadline(self, now: float, out: list[Action]) -> None:
         esc = self._escalation
         if esc is None:
-            self._on_start_timeout(now, out)
-            if self._escalation is None:
-                self._check_watchdog(now, out)
+            self._on_turn_deadline(now, out)
             return
         deadline, trigger = self._phase_deadline(esc)
         if now >= deadline:
@@ -971,7 +1015,7 @@ class SessionMachine:
         if cli is not None:
             cli.proven = True
         if self._running is not None:
-            self._note_output(self._running, frame, now)
+            self._running.note_output(frame, now, tools=self.policy.stall_timeout is not None)
         data = frame.data
         session_id = data.get("session_id")
         if isinstance(session_id, str) and session_id:
@@ -1115,49 +1159,26 @@ class SessionMachine:
         self.session_id = None  # the new CLI says its own with its first turn
         self.sessions_lost += 1
 
-    # -------------------------------------------------------------- the watchdog
+    # -------------------------------------------------------------- the watchdogs
 
-    def _note_output(self, turn: _Turn, frame: Frame, now: float) -> None:
-        """The stall clock restarts with every frame; a tool call pauses it until its result.
-
-        This runs for every frame of a turn, so it only records: the deadline is
-        computed when asked for, and the tool bookkeeping runs only when the stall
-        watchdog is on (and then only for `assistant` and `user` frames).
-        """
-        turn.last_output = now
-        if self.policy.stall_timeout is None:
-            return
-        kind = frame.type
-        if kind == "assistant":
-            turn.tools.update(_block_ids(frame, "tool_use", "id"))
-        elif kind == "user" and turn.tools:
-            turn.tools.difference_update(_block_ids(frame, "tool_result", "tool_use_id"))
-
-    def _watchdog_deadline(self) -> float | None:
-        """When the running turn is cancelled by the watchdog, if nothing happens first."""
+    def _on_turn_deadline(self, now: float, out: list[Action]) -> None:
+        """A deadline of the running turn's own (no ladder under way): it never started,
+        it stalled, or it ran too long. Each starts an ordinary cancel."""
         turn = self._running
-        if turn is None or turn.started is None:
-            return None
-        policy = self.policy
-        deadline: float | None = None
-        if policy.turn_timeout is not None:
-            deadline = turn.started + policy.turn_timeout
-        if policy.stall_timeout is not None and not turn.tools:
-            since = turn.last_output if turn.last_output is not None else turn.started
-            stall = since + policy.stall_timeout
-            deadline = stall if deadline is None else min(deadline, stall)
-        return deadline
-
-    def _check_watchdog(self, now: float, out: list[Action]) -> None:
-        deadline = self._watchdog_deadline()
-        turn = self._running
-        if deadline is None or now < deadline or turn is None or turn.started is None:
+        if turn is None:
             return
-        timeout = self.policy.turn_timeout
-        trigger: CancelTrigger = (
-            "turn_timeout" if timeout is not None and now >= turn.started + timeout else "stall"
-        )
-        self._begin_cancel(now, out, trigger=trigger)
+        start = turn.start_deadline(self.policy)
+        if start is not None and now >= start:
+            # The CLI was sent a turn and wrote nothing since: a turn it will never start
+            # (the real CLI does that with content it cannot read) must not hold the queue.
+            turn.not_started = True
+            timeout = self.policy.start_timeout
+            self._error(out, problem("turn_not_started", timeout=timeout, turn=turn.id))
+            self._begin_cancel(now, out, trigger="start_timeout")
+            return
+        trigger = turn.watchdog_trigger(self.policy, now)
+        if trigger is not None:
+            self._begin_cancel(now, out, trigger=trigger)
 
     def _cancelled_problem(self) -> Problem:
         """Why a cancelled turn has no result of its own: which limit ended it, if any."""
@@ -1168,26 +1189,6 @@ class SessionMachine:
             stall_timeout=self.policy.stall_timeout,
             turn_timeout=self.policy.turn_timeout,
         )
-
-    def _start_deadline(self) -> float | None:
-        """When the running turn counts as never started, if the CLI stays silent."""
-        turn = self._running
-        if turn is None or turn.heard or turn.not_started or turn.started is None:
-            return None
-        return turn.started + self.policy.start_timeout
-
-    def _on_start_timeout(self, now: float, out: list[Action]) -> None:
-        """The CLI was sent a turn and wrote nothing since: a turn it will never start (the
-        real CLI does that with content it cannot read) must not hold the queue forever."""
-        deadline = self._start_deadline()
-        turn = self._running
-        if deadline is None or now < deadline or turn is None:
-            return
-        turn.not_started = True
-        self._error(
-            out, problem("turn_not_started", timeout=self.policy.start_timeout, turn=turn.id)
-        )
-        self._begin_cancel(now, out, trigger="start_timeout")
 
     # -------------------------------------------------------------- spawning
 
