@@ -1,10 +1,11 @@
 """Process trees: walking, freezing and killing them, and the helper that owns them.
 
-Of the supervisor proper, this is where signals to the CLI's tree are decided and sent
-and where Linux specifics live. The trio side (`_process.py`, `_passthrough.py`) still
-holds the CLI as the `psutil.Process` of the helper's `spawned` report (see
-`process_of`) to forward SIGINT and see whether it is stopped, and SIGTERMs its own
-child, the helper; `_pool.py` reads available memory through psutil.
+This module and `_helper.py` (the supervisor's side of the helper: starting it, reading
+its reports, and the CLI held as the `psutil.Process` of its `spawned` report, to forward
+signals to it and see whether it is stopped) are where signals to the CLI's tree are
+decided and sent, and where psutil and Linux specifics live. Elsewhere, the front ends
+(`_relay.py`, `_passthrough.py`) receive the executable's own signals and pass them on
+through `_helper`, and `_pool.py` reads available memory through psutil.
 
 Why a helper process. The CLI's Bash tool runs its shells in their own session, and a
 tool may `setsid` a grandchild that is then re-parented away: neither is reached by
