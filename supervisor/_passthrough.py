@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import trio
 
 from ._config import WrapperConfig
-from ._helper import start_helper
+from ._helper import Hub, start_run
 from ._machine import exit_code
 from ._relay import watch_parent
 
@@ -28,34 +28,39 @@ async def run_passthrough(
     # On a terminal the CLI must stay in the foreground process group to read it; the
     # terminal then signals it directly, so terminal signals must not be forwarded twice.
     on_terminal = os.isatty(0)
-    with trio.open_signal_receiver(*FORWARDED) as signals:
-        helper = await start_helper(
-            [claude, *claude_args],
-            kill_timeout=config.policy.kill_timeout,
-            pipes=False,
-            new_session=False,
-            process_group=None if on_terminal else 0,
-        )
+    # A hub of its own (one session), in the process group the terminal needs.
+    hub = Hub(new_session=False, process_group=None if on_terminal else 0)
+    lease = hub.lease()
+    try:
+        with trio.open_signal_receiver(*FORWARDED) as signals:
+            helper = await start_run(
+                [claude, *claude_args],
+                hub=hub,
+                kill_timeout=config.policy.kill_timeout,
+                env=None,
+                pipes=False,
+            )
 
-        async def forward() -> None:
-            async for signum in signals:
-                if not (on_terminal and signum in (signal.SIGINT, signal.SIGQUIT)):
-                    helper.send_to_cli(signum)
+            async def forward() -> None:
+                async for signum in signals:
+                    if not (on_terminal and signum in (signal.SIGINT, signal.SIGQUIT)):
+                        helper.send_to_cli(signum)
 
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(forward)
-                # The parent is gone: the helper ends the CLI and its tree (it works even
-                # before the CLI's pid is known).
-                nursery.start_soon(watch_parent, parent, helper.kill_tree)
-                # To the end of the status pipe, which only the helper holds: its last
-                # report, or (if it was SIGKILLed) the clean-up of what it left.
-                await helper.read_status()
-                await helper.wait()
-                nursery.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True):
-                await helper.close()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(forward)
+                    # The parent is gone: the hub ends the CLI and its tree (it works
+                    # even before the CLI's pid is known).
+                    nursery.start_soon(watch_parent, parent, helper.kill_tree)
+                    # To the run's last report, or (if the hub was SIGKILLed) the
+                    # clean-up of what it left.
+                    await helper.read_status()
+                    nursery.cancel_scope.cancel()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await helper.close()
+    finally:
+        lease.release()
     report = helper.final or {}
     if report.get("event") == "spawn_failed":
         raise FileNotFoundError(str(report.get("error")))

@@ -31,7 +31,7 @@ from ._framing import (
     read_head,
     starts_an_object,
 )
-from ._helper import HelperRun, Report, start_helper
+from ._helper import HubRun, Report, shared_hub, start_run
 from ._machine import BadLine, CliExited, CliSpawned, Event, FromCli, SpawnFailed
 
 #: How much of the CLI's stderr is kept to explain a failure.
@@ -67,7 +67,10 @@ class CliProcess:
         #: Reads an over-long line whose head did not say what it is, as it passes.
         self._scanner: MemberScanner | None = None
         self._stderr_fd = _stderr_fd()
-        self._helper: HelperRun | None = None
+        self._helper: HubRun | None = None
+        # Taken now, not when the run starts: a respawn's new run holds the hub before
+        # the old run lets go of it, so the hub is not ended and restarted in between.
+        self._lease = shared_hub().lease()
         self._stderr_tail = bytearray()
         self._to_cli_send, self._to_cli_receive = trio.open_memory_channel[bytes | None](math.inf)
 
@@ -111,10 +114,20 @@ class CliProcess:
     # ---------------------------------------------------------------- life
 
     async def run(self) -> None:
-        """Spawns the helper and the CLI, relays until both are gone, then emits CliExited."""
+        """Runs the CLI through the hub, relays until its tree is gone, then emits CliExited."""
         try:
-            self._helper = await start_helper(
-                self._args, kill_timeout=self._kill_timeout, cwd=self._cwd, env=self._env
+            await self._run()
+        finally:
+            self._lease.release()
+
+    async def _run(self) -> None:
+        try:
+            self._helper = await start_run(
+                self._args,
+                hub=self._lease.hub,
+                kill_timeout=self._kill_timeout,
+                cwd=self._cwd,
+                env=self._env,
             )
         except OSError as exc:
             self._emit(SpawnFailed(f"cannot start the supervisor's helper: {exc}"))
