@@ -51,7 +51,7 @@ class Hub:
         self._control: socket.socket | None = None
         self._users = 0
         #: The pids of the CLIs of this hub's live runs: a session's listing skips
-        #: them without reading their environment (see `_tree.session_filter`).
+        #: them without reading their environment (see `_tree.SessionFilter`).
         self.clis: set[int] = set()
 
     @property

@@ -22,7 +22,7 @@ its own in its environment, which every process it starts inherits; the hub's ch
 are the sessions' CLIs (known: the hub spawned them and has not reaped them, so their
 pids cannot have been reused) and adopted orphans, which belong to the session whose tag
 they carry. A session's tree is its CLI and its tagged orphans, each with everything
-below it (`_tree.session_filter`). A process that escaped *and* cleared its environment
+below it (`_tree.SessionFilter`). A process that escaped *and* cleared its environment
 belongs to no session: it is killed when the hub ends.
 
 Talking to the hub. The host holds one end of a *control* socket (a Unix socketpair);
@@ -229,7 +229,7 @@ class _Hub:
         self.selector = selectors.DefaultSelector()
         self.sessions: dict[socket.socket, _Session] = {}
         self.clis: dict[int, _Session] = {}  # live (unreaped) CLIs
-        self.tags: dict[tree.Identity, str | None] = {}  # see `_tree.session_filter`
+        self.tags: dict[tree.Identity, str | None] = {}  # see `_tree.SessionFilter`
         self.timers: list[tuple[float, int, Generator[float, None, None], _Session | None]] = []
         self.order = itertools.count()
         self.stopping = False
@@ -456,10 +456,10 @@ class _Hub:
 
     def _tree_of(self, session: _Session) -> list[psutil.Process]:
         """The session's processes: its CLI and its tagged orphans, with their trees."""
-        prune = tree.session_filter(
+        mine = tree.SessionFilter(
             self.me, cli=session.cli, tag=session.tag, others=self.clis, tags=self.tags
         )
-        return tree.descendants(self.me, prune=prune)
+        return mine.listing()
 
 
 def _nothing(signum: int, frame: object) -> None:

@@ -122,16 +122,23 @@ def _child_pids(pid: int) -> list[int] | None:
     return pids
 
 
-def children(proc: psutil.Process) -> list[psutil.Process]:
-    """The children of `proc`, zombies included; [] if it is gone."""
+def children(
+    proc: psutil.Process, skip: Callable[[int], bool] | None = None
+) -> list[psutil.Process]:
+    """The children of `proc`, zombies included; [] if it is gone.
+
+    Pids for which `skip` is true are left out before anything is read about them.
+    """
     pids = _child_pids(proc.pid)
     if pids is None:
         try:
-            return proc.children()
+            return [c for c in proc.children() if skip is None or not skip(c.pid)]
         except GONE:
             return []
     found = []
     for pid in pids:
+        if skip is not None and skip(pid):
+            continue
         try:
             child = psutil.Process(pid)
             # The pid was read before the process object was made: if it was reused in
@@ -144,12 +151,16 @@ def children(proc: psutil.Process) -> list[psutil.Process]:
 
 
 def descendants(
-    pid: int, *, prune: Callable[[psutil.Process, int], bool] | None = None
+    pid: int,
+    *,
+    prune: Callable[[psutil.Process, int], bool] | None = None,
+    skip: Callable[[int], bool] | None = None,
 ) -> list[psutil.Process]:
     """Every live descendant of `pid`, parents before children; [] if `pid` is gone.
 
     A process for which `prune(process, its parent's pid)` is true is left out, with
-    its whole subtree.
+    its whole subtree; so is a child of `pid` itself whose pid `skip` rejects, before
+    anything is read about it (a hub's children: the other sessions' CLIs).
     """
     try:
         root = psutil.Process(pid)
@@ -159,7 +170,7 @@ def descendants(
     todo = [root]
     while todo:
         parent = todo.pop()
-        for child in children(parent):
+        for child in children(parent, skip if parent is root else None):
             if prune is None or not prune(child, parent.pid):
                 found.append(child)
                 todo.append(child)
@@ -174,33 +185,38 @@ def tag_of(proc: psutil.Process) -> str | None:
         return None
 
 
-def session_filter(
-    hub: int,
-    *,
-    cli: int | None,
-    tag: str,
-    others: Collection[int] = (),
-    tags: dict[Identity, str | None] | None = None,
-) -> Callable[[psutil.Process, int], bool]:
-    """A `prune` for `descendants(hub)` that keeps one session's part of a shared hub.
+class SessionFilter:
+    """Which of a shared hub's descendants are one session's (`descendants(hub, ...)`).
 
     Of the hub's children it keeps the session's CLI and, among the others, those that
     carry the session's tag (a tool's orphan, re-parented to the hub); everything below
     them is the session's too. `others` are pids known to be other sessions' CLIs:
-    pruned at once, without reading their environment. `tags`, kept from one listing to
-    the next, remembers each process's tag: a tree killed after its CLI has hundreds of
-    orphans, listed again and again.
+    skipped at once, before anything is read about them (so that a listing costs no
+    more with 200 sessions than with one). `tags`, kept from one listing to the next,
+    remembers each process's tag: a tree killed after its CLI has hundreds of orphans,
+    listed again and again.
     """
 
-    def prune(proc: psutil.Process, parent: int) -> bool:
-        if parent != hub:
+    def __init__(
+        self,
+        hub: int,
+        *,
+        cli: int | None,
+        tag: str,
+        others: Collection[int] = (),
+        tags: dict[Identity, str | None] | None = None,
+    ) -> None:
+        self.hub, self.cli, self.tag, self.others, self.tags = hub, cli, tag, others, tags
+
+    def skip(self, pid: int) -> bool:
+        return pid != self.cli and pid in self.others
+
+    def prune(self, proc: psutil.Process, parent: int) -> bool:
+        if parent != self.hub or proc.pid == self.cli:
             return False
-        if proc.pid == cli:
-            return False
-        if proc.pid in others:
-            return True
+        tags = self.tags
         if tags is None:
-            return tag_of(proc) != tag
+            return tag_of(proc) != self.tag
         ident = identity(proc)
         if ident is None:
             return True
@@ -208,9 +224,11 @@ def session_filter(
             if len(tags) > 100_000:
                 tags.clear()
             tags[ident] = tag_of(proc)
-        return tags[ident] != tag
+        return tags[ident] != self.tag
 
-    return prune
+    def listing(self) -> list[psutil.Process]:
+        """The session's processes now, parents before children."""
+        return descendants(self.hub, prune=self.prune, skip=self.skip)
 
 
 def snapshot(
@@ -219,10 +237,13 @@ def snapshot(
     """The identities of `pid`'s descendants now (what existed before a turn started).
 
     With `tag`, `pid` is a shared hub and only that session's part counts (see
-    `session_filter`).
+    `SessionFilter`).
     """
-    prune = None if tag is None else session_filter(pid, cli=cli, tag=tag, others=others)
-    return frozenset(i for i in map(identity, descendants(pid, prune=prune)) if i is not None)
+    if tag is None:
+        procs = descendants(pid)
+    else:
+        procs = SessionFilter(pid, cli=cli, tag=tag, others=others).listing()
+    return frozenset(i for i in map(identity, procs) if i is not None)
 
 
 #: A kill is written as steps: a generator that yields how long to wait before its next
@@ -423,17 +444,17 @@ def turn_processes(
     was re-parented to the hub (a tool's escaped grandchild) is a tool's. Of all
     these, only processes that did not exist in `before` count. With `tag`, `pid` is a
     hub shared by several sessions, and only this session's part of it is looked at
-    (`session_filter`, with the CLI in `exclude`).
+    (`SessionFilter`, with the CLI in `exclude`).
     """
     sessions: dict[int, int] = {}
     for keep in exclude:
         with contextlib.suppress(OSError):
             sessions[keep] = os.getsid(keep)
     cli = next(iter(exclude), None)
-    mine = None if tag is None else session_filter(pid, cli=cli, tag=tag, others=others)
+    mine = None if tag is None else SessionFilter(pid, cli=cli, tag=tag, others=others)
 
     def prune(proc: psutil.Process, parent: int) -> bool:
-        if mine is not None and mine(proc, parent):
+        if mine is not None and mine.prune(proc, parent):
             return True
         if proc.pid in exclude:
             return False  # walk into the CLI, but never return it (below)
@@ -443,7 +464,7 @@ def turn_processes(
             return False
 
     found = []
-    for proc in descendants(pid, prune=prune):
+    for proc in descendants(pid, prune=prune, skip=None if mine is None else mine.skip):
         ident = identity(proc)
         if ident is not None and ident not in before and proc.pid not in exclude:
             found.append(proc)
