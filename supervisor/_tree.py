@@ -1,48 +1,27 @@
-"""Process trees: walking, freezing and killing them, and the helper that owns them.
+"""Process trees: walking, freezing and killing them, and finding one session's part.
 
-This module and `_helper.py` (the supervisor's side of the helper: starting it, reading
-its reports, and the CLI held as the `psutil.Process` of its `spawned` report, to forward
-signals to it and see whether it is stopped) are where signals to the CLI's tree are
-decided and sent, and where psutil and Linux specifics live. Elsewhere, the front ends
+This module, `_hub.py` (the hub process: the subreaper and parent of every CLI) and
+`_helper.py` (the supervisor's side of the hub: starting it, reading its reports, and
+the CLI held as the `psutil.Process` of its `spawned` report, to forward signals to it
+and see whether it is stopped) are where signals to the CLI's tree are decided and
+sent, and where psutil and Linux specifics live. Elsewhere, the front ends
 (`_relay.py`, `_passthrough.py`) receive the executable's own signals and pass them on
 through `_helper`, and `_pool.py` reads available memory through psutil.
 
-Why a helper process. The CLI's Bash tool runs its shells in their own session, and a
-tool may `setsid` a grandchild that is then re-parented away: neither is reached by
-signalling the CLI's process group, and once a parent dies its orphans no longer show up
-as anyone's descendants. A *child subreaper* keeps them: orphans in its subtree are
-re-parented to it, so "everything the CLI ever started" stays "every descendant of the
-subreaper". Being a subreaper is process-wide, though, and a library must not make its
-host program adopt unrelated orphans. So each session runs a tiny helper, this file run
-as a script, that is the subreaper and the CLI's parent:
-
-    supervisor ── helper (subreaper, lifeline) ── claude ── tool shells ...
-
-The helper hands its stdin/stdout/stderr to the CLI and keeps none of them, so the
-supervisor talks to the CLI directly. It reports on a status pipe (one JSON object a
-line): `{"event": "spawned", "pid": N, "create_time": T}`, then `{"event": "exited",
-"returncode": R, "killed": K, "survivors": S}` once the CLI has exited *and* the rest of
-its tree has been killed (S counts processes that outlived every SIGKILL round, stuck in
-the kernel), or `{"event": "spawn_failed", "error": "..."}`.
-
-It dies with the supervisor, and kills the tree first, so not even a SIGKILLed
-supervisor leaves tools behind. The tie is a *lifeline* pipe: the supervisor holds its
-write end and never writes; end-of-file on the read end means the supervisor process is
-gone. Linux's parent-death signal would be simpler but follows the parent *thread*, and
-trio starts processes from worker threads that exit when idle: it would kill every CLI
-about ten seconds after its start. SIGTERM to the helper kills the tree on purpose.
+What a tree is, and why a hub, is in `_hub.py`. Here: the walk (`descendants`, from
+`/proc/PID/task/*/children`), one session's part of a hub shared by many
+(`SessionFilter`: its CLI, and the hub's orphans that carry its tag), the processes a
+turn started (`turn_processes`), the kill (`terminate_steps`: freeze, SIGTERM, SIGKILL
+rounds, written as steps so that the hub can run many side by side), and the clean-up
+after a hub that died (`kill_tagged`).
 
 Safety: a process is signalled only as a `psutil.Process` obtained by walking the tree
-(or, once the helper is dead, found by the token unique to its run, see `kill_tagged`);
+(or, once the hub is dead, found by the token unique to its run, see `kill_tagged`);
 psutil checks the process's creation time before each signal, so a pid reused by an
 unrelated process is never signalled.
 
-Elsewhere than Linux there is no subreaper and no parent-death signal: the helper still
-runs, dies with the supervisor (the lifeline is a plain pipe) and kills the CLI's
-descendants, but escaped grandchildren can be missed (see docs/architecture.md).
-
-This file imports only the standard library and psutil, so that running it as a script
-(not as part of the package, whose import would load trio) starts fast.
+This file imports only the standard library and psutil: the hub imports it, and must
+start fast (not load trio).
 """
 
 from __future__ import annotations
