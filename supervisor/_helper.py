@@ -97,8 +97,10 @@ class Hub:
             self._control = None
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
-            # Reaped by a thread of its own, so that no caller waits for its exit.
-            threading.Thread(target=_wait_for, args=(process,), daemon=True).start()
+            # Reaped by a thread of its own, so that no caller waits for its exit (at
+            # interpreter exit no thread can start: the hub is then left to init).
+            with contextlib.suppress(RuntimeError):
+                threading.Thread(target=_wait_for, args=(process,), daemon=True).start()
 
     def _forget_after_fork(self) -> None:
         """In a child forked from the host: none of this is the child's."""
