@@ -66,18 +66,22 @@ class Hub:
             self._users += 1
         return Lease(self)
 
-    def _release(self) -> None:
+    def _release(self) -> subprocess.Popen[bytes] | None:
+        """One lease fewer; the last one lets go of the hub, returned to be waited for."""
         with self._lock:
             self._users -= 1
-            if self._users == 0:
-                self._stop()
+            return self._stop() if self._users == 0 else None
+
+    def _release_in_background(self) -> None:
+        """`_release`, when a lease is garbage-collected: nobody waits for the hub."""
+        _reap_in_background(self._release())
 
     def open_session(self) -> tuple[socket.socket, int]:
         """A new session's socket to the hub, and the hub's pid (started if need be)."""
         with self._lock:
             for attempt in range(2):
                 if self._process is None or self._process.poll() is not None:
-                    self._stop()  # a hub that died: a new one
+                    self._stop()  # a hub that died (reaped by poll): a new one
                     self._process, self._control = hub_process.start(
                         new_session=self._new_session, process_group=self._process_group
                     )
@@ -85,22 +89,22 @@ class Hub:
                 try:
                     return hub_process.open_session(self._control), self._process.pid
                 except OSError:
-                    self._stop()  # its end of the control socket is gone: it is dying
+                    # Its end of the control socket is gone: it is dying.
+                    _reap_in_background(self._stop())
                     if attempt:
                         raise
             raise AssertionError("unreachable")
 
-    def _stop(self) -> None:
-        """Lets go of the hub: it sees end-of-file, kills what is left, and exits."""
+    def _stop(self) -> subprocess.Popen[bytes] | None:
+        """Lets go of the hub: it sees end-of-file, kills what is left, and exits.
+
+        Returns the hub if it still runs, for the caller to wait for.
+        """
         if self._control is not None:
             self._control.close()
             self._control = None
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            # Reaped by a thread of its own, so that no caller waits for its exit (at
-            # interpreter exit no thread can start: the hub is then left to init).
-            with contextlib.suppress(RuntimeError):
-                threading.Thread(target=_wait_for, args=(process,), daemon=True).start()
+        return process if process is not None and process.poll() is None else None
 
     def _forget_after_fork(self) -> None:
         """In a child forked from the host: none of this is the child's."""
@@ -113,20 +117,40 @@ class Hub:
         self.clis = set()
 
 
-def _wait_for(process: subprocess.Popen[bytes]) -> None:
+def _reap_in_background(process: subprocess.Popen[bytes] | None) -> None:
+    """Reaps `process` from a thread of its own (at interpreter exit no thread can
+    start: the hub, if it still runs then, is left to init)."""
+    if process is not None:
+        with contextlib.suppress(RuntimeError):
+            threading.Thread(target=_wait_for, args=(process,), daemon=True).start()
+
+
+def _wait_for(process: subprocess.Popen[bytes], timeout: float | None = None) -> None:
     with contextlib.suppress(Exception):
-        process.wait()
+        process.wait(timeout)
 
 
 class Lease:
-    """A session's hold on a hub; released explicitly, or when garbage-collected."""
+    """A session's hold on a hub; released by `aclose`, or when garbage-collected."""
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
-        self._release = weakref.finalize(self, hub._release)
+        self._finalizer = weakref.finalize(self, hub._release_in_background)
 
-    def release(self) -> None:
-        self._release()  # at most once
+    async def aclose(self) -> None:
+        """Lets go of the hub; the last lease waits (shielded, bounded) for its exit,
+        so that when the last session has closed, none of its processes is left."""
+        if self._finalizer.detach() is None:
+            return  # released already
+        process = self.hub._release()
+        if process is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_wait_for, process, HUB_EXIT_TIMEOUT)
+
+
+#: How long the last session waits for the hub to exit: it has nothing left to kill by
+#: then (every run's tree is gone before its run ends), so it exits at once.
+HUB_EXIT_TIMEOUT = 10.0
 
 
 _shared: Hub | None = None

@@ -265,7 +265,8 @@ class _Hub:
         # What no session claimed (an orphan that cleared its environment), or outlived
         # its session's kill: it goes with the hub.
         me = self.me
-        tree.terminate(lambda: tree.descendants(me), 1.0, grace=self.grace, reap=self._reap)
+        if tree.descendants(me):
+            tree.terminate(lambda: tree.descendants(me), 1.0, grace=self.grace, reap=self._reap)
         self._reap()
         return 0
 

@@ -60,7 +60,7 @@ async def run_passthrough(
                 with trio.CancelScope(shield=True):
                     await helper.close()
     finally:
-        lease.release()
+        await lease.aclose()
     report = helper.final or {}
     if report.get("event") == "spawn_failed":
         raise FileNotFoundError(str(report.get("error")))

@@ -118,7 +118,7 @@ class CliProcess:
         try:
             await self._run()
         finally:
-            self._lease.release()
+            await self._lease.aclose()
 
     async def _run(self) -> None:
         try:
