@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +27,7 @@ from pathlib import Path
 
 import psutil
 
+from supervisor import _hub as hub
 from supervisor import _tree as tree
 from supervisor._policy import TREE_GRACE
 
@@ -64,49 +63,44 @@ def _clean_up(token: str) -> None:
 
 
 def _run(tool: list[str], kill_timeout: float, ready: Path, stop: bool) -> tuple[float, int]:
-    """Seconds from SIGTERM to the helper's report (inf: it hung), and survivors."""
+    """Seconds from the kill request to the hub's report (inf: it hung), and survivors."""
     token = uuid.uuid4().hex
-    status_read, status_write = os.pipe()
-    lifeline_read, lifeline_write = os.pipe()
-    command = tree.helper_command(
+    process, control = hub.start()
+    session = hub.BlockingSession(
+        control,
         _cli(tool),
-        status_fd=status_write,
-        lifeline_fd=lifeline_read,
         kill_timeout=kill_timeout,
         grace=TREE_GRACE,
-    )
-    helper = subprocess.Popen(
-        command,
-        pass_fds=(status_write, lifeline_read),
         env={**os.environ, TOKEN: token},
-        start_new_session=True,
     )
-    os.close(status_write)
-    os.close(lifeline_read)
     try:
+        assert session.report().get("event") == "spawned"
         while not ready.exists():
             time.sleep(0.005)
         if stop:
             for proc in _alive(token):
-                if proc.pid != helper.pid:
-                    proc.suspend()
+                proc.suspend()
         start = time.monotonic()
-        helper.send_signal(signal.SIGTERM)
+        session.kill()
+        session.sock.settimeout(15)
         try:
-            helper.wait(timeout=15)
+            assert session.report().get("event") == "exited"
             took = time.monotonic() - start
-        except subprocess.TimeoutExpired:
+        except TimeoutError:
             took = float("inf")
         time.sleep(0.2)
-        survivors = len([p for p in _alive(token) if p.pid != helper.pid])
+        survivors = len(_alive(token))
         return took, survivors
     finally:
-        if helper.poll() is None:
-            helper.kill()
-            helper.wait()
+        session.close()
+        control.close()
+        try:
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
         _clean_up(token)
-        os.close(status_read)
-        os.close(lifeline_write)
 
 
 def main() -> None:

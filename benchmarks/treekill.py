@@ -14,7 +14,6 @@ the tree wrote, by creation time, and killed afterwards.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -26,7 +25,10 @@ from pathlib import Path
 
 import psutil
 
-from supervisor import _tree  # read-only: the helper's command line, and a subreaper
+from supervisor import (
+    _hub,  # read-only: the hub, run as the library runs it
+    _tree,  # read-only: a subreaper
+)
 from supervisor._policy import TREE_GRACE
 
 from .common import (
@@ -89,37 +91,36 @@ def _survivors(procs: list[psutil.Process]) -> list[psutil.Process]:
 
 def supervisor_kill(count: int, env: dict[str, str], work: Path) -> tuple[float, int]:
     pidfile = work / f"pids-{uuid.uuid4().hex}"
-    status_r, status_w = os.pipe()
-    life_r, life_w = os.pipe()
     cli = [sys.executable, str(TREE_CLI), str(count), str(pidfile), str(STUBBORN_EVERY)]
-    command = _tree.helper_command(
-        cli, status_fd=status_w, lifeline_fd=life_r, kill_timeout=KILL_GRACE, grace=TREE_GRACE
-    )
-    helper = subprocess.Popen(
-        command, pass_fds=(status_w, life_r), env=env, stdin=subprocess.DEVNULL
-    )
-    os.close(status_w)
-    os.close(life_r)
-    status = os.fdopen(status_r, "r")
+    hub, control = _hub.start()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    session = None
     try:
-        spawned = json.loads(status.readline())
+        session = _hub.BlockingSession(
+            control, cli, kill_timeout=KILL_GRACE, grace=TREE_GRACE, env=env, stdio=(devnull, 1, 2)
+        )
+        spawned = session.report()
         assert spawned.get("event") == "spawned", spawned
         procs = _tree_pids(pidfile, count)
         start = now_ns()
-        helper.send_signal(signal.SIGTERM)
-        line = status.readline()
+        session.kill()
+        report = session.report()
         elapsed = ms_since(start)
-        assert json.loads(line).get("event") == "exited", line
-        helper.wait(timeout=30)
+        assert report.get("event") == "exited", report
         left = _survivors(procs)
         kill_all(left)
         return elapsed, len(left)
     finally:
-        status.close()
-        os.close(life_w)
-        if helper.poll() is None:
-            helper.kill()
-            helper.wait()
+        os.close(devnull)
+        if session is not None:
+            session.close()
+        control.close()  # the hub ends with its last session
+        try:
+            hub.wait(timeout=30)
+        finally:
+            if hub.poll() is None:
+                hub.kill()
+                hub.wait()
 
 
 def killpg_kill(count: int, env: dict[str, str], work: Path) -> tuple[float, int]:

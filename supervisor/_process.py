@@ -9,24 +9,16 @@ and a write into its full pipe must not stall the supervisor.
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import math
 import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-import psutil
 import trio
 
-from . import _tree as tree
 from ._framing import (
     Frame,
     FramingError,
-    LineSplitter,
     LineStreamer,
     LongLineEnd,
     LongLinePart,
@@ -38,8 +30,8 @@ from ._framing import (
     read_head,
     starts_an_object,
 )
+from ._helper import HubRun, Report, shared_hub, start_run
 from ._machine import BadLine, CliExited, CliSpawned, Event, FromCli, SpawnFailed
-from ._policy import REAP_GRACE, TREE_GRACE
 
 #: How much of the CLI's stderr is kept to explain a failure.
 STDERR_TAIL_BYTES = 4096
@@ -74,19 +66,17 @@ class CliProcess:
         #: Reads an over-long line whose head did not say what it is, as it passes.
         self._scanner: MemberScanner | None = None
         self._stderr_fd = _stderr_fd()
-        self._helper: trio.Process | None = None
-        self._cli: psutil.Process | None = None
-        self._before_turn: frozenset[tree.Identity] = frozenset()
-        self._tag = tree.new_tag()  # marks every process of this run's tree
-        self._orphans_killed = 0
-        self._started = 0.0  # wall-clock time just before the helper started
+        self._helper: HubRun | None = None
+        # Taken now, not when the run starts: a respawn's new run holds the hub before
+        # the old run lets go of it, so the hub is not ended and restarted in between.
+        self._lease = shared_hub().lease()
         self._stderr_tail = bytearray()
-        self._exit_report: dict[str, object] = {}
         self._to_cli_send, self._to_cli_receive = trio.open_memory_channel[bytes | None](math.inf)
 
     @property
     def cli_pid(self) -> int | None:
-        return self._cli.pid if self._cli is not None else None
+        cli = self._helper.cli if self._helper is not None else None
+        return cli.pid if cli is not None else None
 
     # ------------------------------------------------------------ commands
 
@@ -97,114 +87,69 @@ class CliProcess:
         self._to_cli_send.send_nowait(None)
 
     def send_signal(self, signum: int) -> None:
-        """A signal to the CLI itself (not its group: the helper shares it)."""
-        if self._cli is not None:
-            with contextlib.suppress(psutil.Error):
-                self._cli.send_signal(signum)  # checks the pid was not reused
+        """A signal to the CLI itself (not its group)."""
+        if self._helper is not None:
+            self._helper.send_to_cli(signum)
 
     def is_stopped(self) -> bool:
         """Whether the CLI is stopped (SIGSTOP, job control, a debugger): it acts on nothing."""
-        cli = self._cli
-        if cli is None:
-            return False
-        try:
-            # is_running() compares the create time: never report on a reused pid.
-            return cli.is_running() and cli.status() in (
-                psutil.STATUS_STOPPED,
-                psutil.STATUS_TRACING_STOP,
-            )
-        except tree.GONE:
-            return False
+        return self._helper is not None and self._helper.cli_stopped()
 
     def kill_tree(self) -> None:
-        """SIGTERM to the helper: it kills the whole tree and then reports the exit."""
-        if self._helper is not None and self._helper.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._helper.send_signal(signal.SIGTERM)
+        """Asks the helper to kill the whole tree; it then reports the exit."""
+        if self._helper is not None:
+            self._helper.kill_tree()
 
     def mark_turn_start(self) -> None:
         if self._helper is not None:
-            self._before_turn = tree.snapshot(self._helper.pid)
+            self._helper.mark_turn_start()
 
     async def kill_turn_processes(self) -> int:
-        # The snapshot and the listing run psutil over /proc: keep them off the event loop
-        # when they may be slow (listing), and short where they must be synchronous.
         """Kills what the running turn started, leaving the CLI (and what predates it)."""
         if self._helper is None:
             return 0
-        helper_pid = self._helper.pid
-        keep = {self._cli.pid} if self._cli is not None else set()
-        before = self._before_turn
-
-        def listing() -> list[psutil.Process]:
-            return tree.turn_processes(helper_pid, before, keep)
-
-        # The common case is a turn that left nothing: two empty listings in a row (the
-        # freeze rule's "nothing new twice", which a fork chain cannot slip through both
-        # times) settle it here, a bounded walk of our own tree with no thread and no
-        # sleep, so that hundreds of sessions cancelled at once do not queue on threads.
-        if not listing() and not listing():
-            return 0
-        kill = functools.partial(tree.terminate, listing, self._kill_timeout, grace=TREE_GRACE)
-        return await trio.to_thread.run_sync(kill)
+        return await self._helper.kill_turn_processes()
 
     # ---------------------------------------------------------------- life
 
     async def run(self) -> None:
-        """Spawns the helper and the CLI, relays until both are gone, then emits CliExited."""
-        status_read, status_write = os.pipe()
-        # The helper's lifeline: we hold the write end (never written) until the helper
-        # has exited; if this process dies, the helper sees end-of-file and kills the tree.
-        lifeline_read, lifeline_write = os.pipe()
+        """Runs the CLI through the hub, relays until its tree is gone, then emits CliExited."""
         try:
-            command = tree.helper_command(
-                self._args,
-                status_fd=status_write,
-                lifeline_fd=lifeline_read,
-                kill_timeout=self._kill_timeout,
-                grace=TREE_GRACE,
-                tag=self._tag,
-            )
-            self._started = time.time() - 1.0  # creation times are rounded: a margin
-            try:
-                self._helper = await trio.lowlevel.open_process(
-                    command,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    cwd=self._cwd,
-                    env=self._env,
-                    start_new_session=True,  # the CLI gets its own process group
-                    pass_fds=(status_write, lifeline_read),
-                )
-            except OSError as exc:
-                os.close(status_read)
-                os.close(lifeline_write)
-                self._emit(SpawnFailed(f"cannot start the supervisor's helper: {exc}"))
-                return
+            await self._run()
         finally:
-            os.close(status_write)
-            os.close(lifeline_read)
+            await self._lease.aclose()
+
+    async def _run(self) -> None:
+        try:
+            self._helper = await start_run(
+                self._args,
+                hub=self._lease.hub,
+                kill_timeout=self._kill_timeout,
+                cwd=self._cwd,
+                env=self._env,
+            )
+        except OSError as exc:
+            self._emit(SpawnFailed(f"cannot start the supervisor's helper: {exc}"))
+            return
         helper = self._helper
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_loop)
                 nursery.start_soon(self._read_stderr)
                 async with trio.open_nursery() as readers:
-                    readers.start_soon(self._read_status, status_read)
+                    readers.start_soon(self._read_status)
                     readers.start_soon(self._read_stdout)
                 await helper.wait()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                await self._reap(helper)
-            os.close(lifeline_write)
-            self._cli = None
-        if self._exit_report.get("event") == "spawn_failed":
-            self._emit(SpawnFailed(str(self._exit_report.get("error"))))
+                await helper.close()
+        report = helper.final or {}
+        if report.get("event") == "spawn_failed":
+            self._emit(SpawnFailed(str(report.get("error"))))
             return
-        returncode = self._exit_report.get("returncode")
-        killed = self._exit_report.get("killed", self._orphans_killed)
+        returncode = report.get("returncode")
+        killed = report.get("killed", helper.orphans_killed or 0)
         self._emit(
             CliExited(
                 returncode=returncode if isinstance(returncode, int) else None,
@@ -213,48 +158,20 @@ class CliProcess:
             )
         )
 
-    async def _reap(self, helper: trio.Process) -> None:
-        """Never leave the helper (and so the tree) behind, even when cancelled."""
-        if helper.returncode is None:
-            self.kill_tree()
-            with trio.move_on_after(self._kill_timeout + REAP_GRACE):
-                await helper.wait()
-            if helper.returncode is None:
-                helper.kill()
-                await helper.wait()
-                # It had no chance to kill the tree: do it (see _read_status).
-                await trio.to_thread.run_sync(
-                    tree.kill_tagged, self._tag, self._started, self._kill_timeout, TREE_GRACE
-                )
-
-    async def _read_status(self, fd: int) -> None:
-        splitter = LineSplitter()
-        async with trio.lowlevel.FdStream(fd) as stream:
-            async for chunk in stream:
-                for line in splitter.feed(chunk):
-                    if isinstance(line, bytes):
-                        self._on_status(json.loads(line))
-        # End of the status pipe: the helper is gone. Without its last report it died
-        # (SIGKILL) before it could kill the tree, which lives on, re-parented to init:
-        # do its work, finding the tree by its tag. (Before the stdout reader can end,
-        # as a tool may hold the CLI's stdout open.)
-        if self._exit_report.get("event") not in ("exited", "spawn_failed"):
-            self._cli = None
-            self._orphans_killed = await trio.to_thread.run_sync(
-                tree.kill_tagged, self._tag, self._started, self._kill_timeout, TREE_GRACE
-            )
+    async def _read_status(self) -> None:
+        assert self._helper is not None
+        # Before the stdout reader can end, as a tool may hold the CLI's stdout open: a
+        # helper that died leaves the tree to be killed here (`HelperRun.read_status`).
+        await self._helper.read_status(self._on_status)
+        if self._helper.orphans_killed is not None:
             self._stderr_tail += (
                 f"\nclaude-supervisor: the supervisor's helper process died before the CLI "
-                f"({self._orphans_killed} processes of the CLI's tree killed)\n"
+                f"({self._helper.orphans_killed} processes of the CLI's tree killed)\n"
             ).encode()
 
-    def _on_status(self, status: dict[str, object]) -> None:
+    def _on_status(self, status: Report) -> None:
         if status.get("event") == "spawned":
-            self._cli = tree.process_of(status)
             self._emit(CliSpawned())
-        else:
-            self._exit_report = status
-            self._cli = None  # gone: never signal that pid again
 
     async def _read_stdout(self) -> None:
         assert self._helper is not None and self._helper.stdout is not None

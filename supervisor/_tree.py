@@ -1,47 +1,27 @@
-"""Process trees: walking, freezing and killing them, and the helper that owns them.
+"""Process trees: walking, freezing and killing them, and finding one session's part.
 
-Of the supervisor proper, this is where signals to the CLI's tree are decided and sent
-and where Linux specifics live. The trio side (`_process.py`, `_passthrough.py`) still
-holds the CLI as the `psutil.Process` of the helper's `spawned` report (see
-`process_of`) to forward SIGINT and see whether it is stopped, and SIGTERMs its own
-child, the helper; `_pool.py` reads available memory through psutil.
+This module, `_hub.py` (the hub process: the subreaper and parent of every CLI) and
+`_helper.py` (the supervisor's side of the hub: starting it, reading its reports, and
+the CLI held as the `psutil.Process` of its `spawned` report, to forward signals to it
+and see whether it is stopped) are where signals to the CLI's tree are decided and
+sent, and where psutil and Linux specifics live. Elsewhere, the front ends
+(`_relay.py`, `_passthrough.py`) receive the executable's own signals and pass them on
+through `_helper`, and `_pool.py` reads available memory through psutil.
 
-Why a helper process. The CLI's Bash tool runs its shells in their own session, and a
-tool may `setsid` a grandchild that is then re-parented away: neither is reached by
-signalling the CLI's process group, and once a parent dies its orphans no longer show up
-as anyone's descendants. A *child subreaper* keeps them: orphans in its subtree are
-re-parented to it, so "everything the CLI ever started" stays "every descendant of the
-subreaper". Being a subreaper is process-wide, though, and a library must not make its
-host program adopt unrelated orphans. So each session runs a tiny helper, this file run
-as a script, that is the subreaper and the CLI's parent:
-
-    supervisor ── helper (subreaper, lifeline) ── claude ── tool shells ...
-
-The helper hands its stdin/stdout/stderr to the CLI and keeps none of them, so the
-supervisor talks to the CLI directly. It reports on a status pipe (one JSON object a
-line): `{"event": "spawned", "pid": N, "create_time": T}`, then `{"event": "exited",
-"returncode": R, "killed": K, "survivors": S}` once the CLI has exited *and* the rest of
-its tree has been killed (S counts processes that outlived every SIGKILL round, stuck in
-the kernel), or `{"event": "spawn_failed", "error": "..."}`.
-
-It dies with the supervisor, and kills the tree first, so not even a SIGKILLed
-supervisor leaves tools behind. The tie is a *lifeline* pipe: the supervisor holds its
-write end and never writes; end-of-file on the read end means the supervisor process is
-gone. Linux's parent-death signal would be simpler but follows the parent *thread*, and
-trio starts processes from worker threads that exit when idle: it would kill every CLI
-about ten seconds after its start. SIGTERM to the helper kills the tree on purpose.
+What a tree is, and why a hub, is in `_hub.py`. Here: the walk (`descendants`, from
+`/proc/PID/task/*/children`), one session's part of a hub shared by many
+(`SessionFilter`: its CLI, and the hub's orphans that carry its tag), the processes a
+turn started (`turn_processes`), the kill (`terminate_steps`: freeze, SIGTERM, SIGKILL
+rounds, written as steps so that the hub can run many side by side), and the clean-up
+after a hub that died (`kill_tagged`).
 
 Safety: a process is signalled only as a `psutil.Process` obtained by walking the tree
-(or, once the helper is dead, found by the token unique to its run, see `kill_tagged`);
+(or, once the hub is dead, found by the token unique to its run, see `kill_tagged`);
 psutil checks the process's creation time before each signal, so a pid reused by an
 unrelated process is never signalled.
 
-Elsewhere than Linux there is no subreaper and no parent-death signal: the helper still
-runs, dies with the supervisor (the lifeline is a plain pipe) and kills the CLI's
-descendants, but escaped grandchildren can be missed (see docs/architecture.md).
-
-This file imports only the standard library and psutil, so that running it as a script
-(not as part of the package, whose import would load trio) starts fast.
+This file imports only the standard library and psutil: the hub imports it, and must
+start fast (not load trio).
 """
 
 from __future__ import annotations
@@ -49,15 +29,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import json
 import os
 import signal
-import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Mapping
+from typing import TypeVar, cast
 
 import psutil
 
@@ -123,16 +101,23 @@ def _child_pids(pid: int) -> list[int] | None:
     return pids
 
 
-def children(proc: psutil.Process) -> list[psutil.Process]:
-    """The children of `proc`, zombies included; [] if it is gone."""
+def children(
+    proc: psutil.Process, skip: Callable[[int], bool] | None = None
+) -> list[psutil.Process]:
+    """The children of `proc`, zombies included; [] if it is gone.
+
+    Pids for which `skip` is true are left out before anything is read about them.
+    """
     pids = _child_pids(proc.pid)
     if pids is None:
         try:
-            return proc.children()
+            return [c for c in proc.children() if skip is None or not skip(c.pid)]
         except GONE:
             return []
     found = []
     for pid in pids:
+        if skip is not None and skip(pid):
+            continue
         try:
             child = psutil.Process(pid)
             # The pid was read before the process object was made: if it was reused in
@@ -145,11 +130,16 @@ def children(proc: psutil.Process) -> list[psutil.Process]:
 
 
 def descendants(
-    pid: int, *, prune: Callable[[psutil.Process], bool] | None = None
+    pid: int,
+    *,
+    prune: Callable[[psutil.Process, int], bool] | None = None,
+    skip: Callable[[int], bool] | None = None,
 ) -> list[psutil.Process]:
     """Every live descendant of `pid`, parents before children; [] if `pid` is gone.
 
-    A process for which `prune` is true is left out, with its whole subtree.
+    A process for which `prune(process, its parent's pid)` is true is left out, with
+    its whole subtree; so is a child of `pid` itself whose pid `skip` rejects, before
+    anything is read about it (a hub's children: the other sessions' CLIs).
     """
     try:
         root = psutil.Process(pid)
@@ -158,16 +148,97 @@ def descendants(
     found: list[psutil.Process] = []
     todo = [root]
     while todo:
-        for child in children(todo.pop()):
-            if prune is None or not prune(child):
+        parent = todo.pop()
+        for child in children(parent, skip if parent is root else None):
+            if prune is None or not prune(child, parent.pid):
                 found.append(child)
                 todo.append(child)
     return found
 
 
-def snapshot(pid: int) -> frozenset[Identity]:
-    """The identities of `pid`'s descendants now (what existed before a turn started)."""
-    return frozenset(i for i in map(identity, descendants(pid)) if i is not None)
+def tag_of(proc: psutil.Process) -> str | None:
+    """The `TAG_VARIABLE` a process was started with, if any."""
+    try:
+        return proc.environ().get(TAG_VARIABLE)
+    except GONE:
+        return None
+
+
+class SessionFilter:
+    """Which of a shared hub's descendants are one session's (`descendants(hub, ...)`).
+
+    Of the hub's children it keeps the session's CLI and, among the others, those that
+    carry the session's tag (a tool's orphan, re-parented to the hub); everything below
+    them is the session's too. `others` are pids known to be other sessions' CLIs:
+    skipped at once, before anything is read about them (so that a listing costs no
+    more with 200 sessions than with one). `tags`, kept from one listing to the next,
+    remembers each process's tag: a tree killed after its CLI has hundreds of orphans,
+    listed again and again.
+    """
+
+    def __init__(
+        self,
+        hub: int,
+        *,
+        cli: int | None,
+        tag: str,
+        others: Collection[int] = (),
+        tags: dict[Identity, str | None] | None = None,
+    ) -> None:
+        self.hub, self.cli, self.tag, self.others, self.tags = hub, cli, tag, others, tags
+
+    def skip(self, pid: int) -> bool:
+        return pid != self.cli and pid in self.others
+
+    def prune(self, proc: psutil.Process, parent: int) -> bool:
+        if parent != self.hub or proc.pid == self.cli:
+            return False
+        tags = self.tags
+        if tags is None:
+            return tag_of(proc) != self.tag
+        ident = identity(proc)
+        if ident is None:
+            return True
+        if ident not in tags:
+            if len(tags) > 100_000:
+                tags.clear()
+            tags[ident] = tag_of(proc)
+        return tags[ident] != self.tag
+
+    def listing(self) -> list[psutil.Process]:
+        """The session's processes now, parents before children."""
+        return descendants(self.hub, prune=self.prune, skip=self.skip)
+
+
+def snapshot(
+    pid: int, *, cli: int | None = None, tag: str | None = None, others: Collection[int] = ()
+) -> frozenset[Identity]:
+    """The identities of `pid`'s descendants now (what existed before a turn started).
+
+    With `tag`, `pid` is a shared hub and only that session's part counts (see
+    `SessionFilter`).
+    """
+    if tag is None:
+        procs = descendants(pid)
+    else:
+        procs = SessionFilter(pid, cli=cli, tag=tag, others=others).listing()
+    return frozenset(i for i in map(identity, procs) if i is not None)
+
+
+#: A kill is written as steps: a generator that yields how long to wait before its next
+#: step and returns its result. `run_steps` runs one with `time.sleep`; the hub runs many
+#: side by side in its one thread.
+T = TypeVar("T")
+
+
+def run_steps(steps: Generator[float, None, T]) -> T:
+    """Runs `steps` to the end, sleeping where it waits; returns its result."""
+    while True:
+        try:
+            delay = next(steps)
+        except StopIteration as stop:
+            return cast(T, stop.value)
+        time.sleep(delay)
 
 
 def terminate(
@@ -179,6 +250,20 @@ def terminate(
 ) -> int:
     """Kills every process `listing()` gives, until it gives none; returns how many.
 
+    The blocking form of `terminate_steps`, which says how.
+    """
+    return run_steps(terminate_steps(listing, timeout, grace=grace, reap=reap))
+
+
+def terminate_steps(
+    listing: Callable[[], Iterable[psutil.Process]],
+    timeout: float,
+    *,
+    grace: float,
+    reap: Callable[[], None] | None = None,
+) -> Generator[float, None, int]:
+    """Kills every process `listing()` gives, until it gives none; returns how many.
+
     A listing is out of date as soon as it is made: a fork-and-exit chain (each link
     forks the next, which `setsid`s, and exits) has moved on by the time we signal what
     we listed. So the tree is first *frozen*: every listed process gets SIGSTOP and the
@@ -188,11 +273,10 @@ def terminate(
     `timeout`. After `timeout`, or as soon as the listing is empty, rounds of freeze and
     SIGKILL follow until it is empty, bounded by `timeout + grace` in all: this never
     blocks without a deadline on processes it is trying to kill. (`grace` is
-    `_policy.TREE_GRACE`, passed in: this file runs as a script that must not import the
-    package.)
+    `_policy.TREE_GRACE`, passed in: the hub must not import the package's trio side.)
 
     `reap` is called while waiting, by a caller that is the parent of some of them (the
-    helper), so that they do not linger as zombies.
+    hub), so that they do not linger as zombies. Where it waits, it yields the delay.
     """
     start = time.monotonic()
     deadline = start + timeout + grace
@@ -208,18 +292,19 @@ def terminate(
                 if signum in (signal.SIGTERM, signal.SIGKILL):
                     signalled.add(ident)
 
-    frozen = _freeze(listing, deadline, reap)
+    frozen = yield from _freeze(listing, deadline, reap)
     send(frozen, signal.SIGTERM)
     send(frozen, signal.SIGCONT)
-    _wait_gone(listing, min(start + timeout, deadline), reap)
+    yield from _wait_gone(listing, min(start + timeout, deadline), reap)
     while True:
-        frozen = [p for p in _freeze(listing, deadline, reap) if _running(p)]
-        if not frozen and _stays_empty(listing, reap):
+        frozen = [p for p in (yield from _freeze(listing, deadline, reap)) if running(p)]
+        if not frozen and (yield from _stays_empty(listing, reap)):
             break
         send(frozen, signal.SIGKILL)  # even at the deadline: never leave them stopped
         if time.monotonic() >= deadline:
             break
-        _wait_gone(functools.partial(list, frozen), min(time.monotonic() + 0.5, deadline), reap)
+        again: Callable[[], list[psutil.Process]] = functools.partial(list, frozen)
+        yield from _wait_gone(again, min(time.monotonic() + 0.5, deadline), reap)
     return len(signalled)
 
 
@@ -227,7 +312,7 @@ def _freeze(
     listing: Callable[[], Iterable[psutil.Process]],
     deadline: float,
     reap: Callable[[], None] | None,
-) -> list[psutil.Process]:
+) -> Generator[float, None, list[psutil.Process]]:
     """SIGSTOPs what `listing()` gives until it gives nothing new and all of it stopped.
 
     Returns the last listing. Bounded by `deadline` (a process in uninterruptible sleep
@@ -254,14 +339,14 @@ def _freeze(
         if quiet >= 2 or time.monotonic() >= deadline:
             return procs
         if not new:
-            time.sleep(0.001)
+            yield 0.001
             continue
         # SIGSTOP is delivered asynchronously: until a process has stopped it may still
         # fork, and its child is in the next listing only if we list after that.
         wait_until = min(time.monotonic() + 0.2, deadline)
         delay = 0.0005
         while any(not _stopped(p) for p in procs) and time.monotonic() < wait_until:
-            time.sleep(delay)
+            yield delay
             delay = min(delay * 2, 0.01)
 
 
@@ -277,7 +362,8 @@ def _stopped(proc: psutil.Process) -> bool:
         return True
 
 
-def _running(proc: psutil.Process) -> bool:
+def running(proc: psutil.Process) -> bool:
+    """Whether `proc` is still the process it was and has not exited (zombies have)."""
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except GONE:
@@ -286,18 +372,18 @@ def _running(proc: psutil.Process) -> bool:
 
 def _stays_empty(
     listing: Callable[[], Iterable[psutil.Process]], reap: Callable[[], None] | None
-) -> bool:
+) -> Generator[float, None, bool]:
     """Whether a few more listings, a moment apart, find nothing running either.
 
     A listing is not atomic: while it walks, a link of a chain can exit and its child be
-    re-parented to a process already read (and the zombie be reaped by the helper while
+    re-parented to a process already read (and the zombie be reaped by the hub while
     the supervisor lists), so one empty listing may be a false one.
     """
     for _ in range(3):
-        time.sleep(0.001)
+        yield 0.001
         if reap is not None:
             reap()
-        if any(_running(p) for p in listing()):
+        if any(running(p) for p in listing()):
             return False
     return True
 
@@ -306,48 +392,58 @@ def _wait_gone(
     listing: Callable[[], Iterable[psutil.Process]],
     deadline: float,
     reap: Callable[[], None] | None,
-) -> None:
+) -> Generator[float, None, None]:
     """Waits until nothing `listing()` gives runs (zombies count as gone), or `deadline`."""
     delay = 0.002
     while True:
         if reap is not None:
             reap()
-        if not any(_running(p) for p in listing()) and _stays_empty(listing, reap):
+        if not any(running(p) for p in listing()) and (yield from _stays_empty(listing, reap)):
             return
         if time.monotonic() >= deadline:
             return
-        time.sleep(delay)
+        yield delay
         delay = min(delay * 2, 0.05)
 
 
 def turn_processes(
-    pid: int, before: Collection[Identity], exclude: Collection[int]
+    pid: int,
+    before: Collection[Identity],
+    exclude: Collection[int],
+    *,
+    tag: str | None = None,
+    others: Collection[int] = (),
 ) -> list[psutil.Process]:
-    """Descendants of `pid` (the helper) that the running turn's tools started.
+    """Descendants of `pid` (the hub) that the running turn's tools started.
 
     The processes in `exclude` (the CLI) are kept, and so are their children that share
     their session, with everything under those: the CLI starts its own long-lived
     children (stdio MCP servers) as plain children in its session, and may start them
     during a turn, while the Bash tool runs each command in a session of its own. What
-    was re-parented to the helper (a tool's escaped grandchild) is a tool's. Of all
-    these, only processes that did not exist in `before` count.
+    was re-parented to the hub (a tool's escaped grandchild) is a tool's. Of all
+    these, only processes that did not exist in `before` count. With `tag`, `pid` is a
+    hub shared by several sessions, and only this session's part of it is looked at
+    (`SessionFilter`, with the CLI in `exclude`).
     """
     sessions: dict[int, int] = {}
     for keep in exclude:
         with contextlib.suppress(OSError):
             sessions[keep] = os.getsid(keep)
+    cli = next(iter(exclude), None)
+    mine = None if tag is None else SessionFilter(pid, cli=cli, tag=tag, others=others)
 
-    def prune(proc: psutil.Process) -> bool:
+    def prune(proc: psutil.Process, parent: int) -> bool:
+        if mine is not None and mine.prune(proc, parent):
+            return True
         if proc.pid in exclude:
             return False  # walk into the CLI, but never return it (below)
         try:
-            parent = proc.ppid()
             return parent in sessions and os.getsid(proc.pid) == sessions[parent]
         except (OSError, psutil.Error):
             return False
 
     found = []
-    for proc in descendants(pid, prune=prune):
+    for proc in descendants(pid, prune=prune, skip=None if mine is None else mine.skip):
         ident = identity(proc)
         if ident is not None and ident not in before and proc.pid not in exclude:
             found.append(proc)
@@ -451,134 +547,3 @@ def process_of(report: Mapping[str, object]) -> psutil.Process | None:
         return proc
     except GONE:
         return None
-
-
-# ------------------------------------------------------------------------ the helper
-
-
-def helper_command(
-    cli: Sequence[str],
-    *,
-    status_fd: int,
-    lifeline_fd: int,
-    kill_timeout: float,
-    grace: float,
-    tag: str = "",
-) -> list[str]:
-    """The command line that runs `cli` under a helper (see the module docstring).
-
-    `tag` (see `new_tag`) goes into the tree's environment as `TAG_VARIABLE`.
-    """
-    return [
-        sys.executable,
-        "-I",  # isolated: no user site, no PYTHON* variables, no cwd on sys.path
-        os.path.abspath(__file__),
-        str(status_fd),
-        str(lifeline_fd),
-        str(kill_timeout),
-        str(grace),
-        tag,
-        "--",
-        *cli,
-    ]
-
-
-class _Stop(Exception):
-    """Raised by the helper's SIGTERM/SIGHUP handler to stop waiting and kill the tree."""
-
-
-def _raise_stop(signum: int, frame: object) -> None:
-    raise _Stop
-
-
-def _child_setup() -> None:
-    """In the CLI, between fork and exec: plain signal handling, die with the helper.
-
-    The helper forks from its only thread, so the parent-death signal is sound here.
-    """
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(signum, signal.SIG_DFL)
-    set_parent_death_signal(signal.SIGKILL)
-
-
-def _watch_lifeline(fd: int) -> None:
-    """Blocks until the supervisor is gone (EOF), then stops the helper like SIGTERM."""
-    with contextlib.suppress(OSError):
-        while os.read(fd, 4096):
-            pass
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def helper_main(argv: Sequence[str]) -> int:
-    status_fd, lifeline_fd, kill_timeout = int(argv[0]), int(argv[1]), float(argv[2])
-    grace, tag = float(argv[3]), argv[4]
-    cli = list(argv[6:])
-    status = os.fdopen(status_fd, "w", buffering=1)
-
-    def report(**fields: object) -> None:
-        with contextlib.suppress(OSError):
-            status.write(json.dumps(fields) + "\n")
-
-    signal.signal(signal.SIGTERM, _raise_stop)
-    signal.signal(signal.SIGHUP, _raise_stop)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # terminal signals are for the CLI
-    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
-    become_subreaper()
-    env = {**os.environ, "CLAUDE_SUPERVISOR_HELPER_PID": str(os.getpid())}
-    if tag:
-        env[TAG_VARIABLE] = tag
-    try:
-        child = subprocess.Popen(cli, preexec_fn=_child_setup, close_fds=True, env=env)
-    except OSError as exc:
-        report(event="spawn_failed", error=f"cannot run {cli[0]!r}: {exc.strerror or exc}")
-        return 127
-    # Not reaped yet (only this thread reaps), so the pid is still the CLI's.
-    try:
-        created: float | None = psutil.Process(child.pid).create_time()
-    except GONE:
-        created = None
-    report(event="spawned", pid=child.pid, create_time=created)
-    # Started after the fork above (no thread may run while forking with preexec_fn).
-    threading.Thread(target=_watch_lifeline, args=(lifeline_fd,), daemon=True).start()
-    # The CLI has the pipes now; holding them would hide its end-of-output.
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.dup2(devnull, 1)
-    returncode: int | None = None
-
-    def reap(block: bool = False) -> None:
-        """Reaps exited children (orphans included), noting the CLI's exit status."""
-        nonlocal returncode
-        with contextlib.suppress(ChildProcessError):
-            while True:
-                pid, wait_status = os.waitpid(-1, 0 if block else os.WNOHANG)
-                if pid == 0:
-                    return
-                if pid == child.pid:
-                    returncode = os.waitstatus_to_exitcode(wait_status)
-                    if block:
-                        return
-
-    try:
-        while returncode is None:
-            reap(block=True)
-    except _Stop:
-        pass
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    me = os.getpid()
-    killed = terminate(lambda: descendants(me), kill_timeout, grace=grace, reap=reap)
-    # Whatever is still ours (re-parented orphans): reap it, but never wait without a
-    # deadline on a process that may not die (stuck in the kernel).
-    deadline = time.monotonic() + 1.0
-    while descendants(me) and time.monotonic() < deadline:
-        reap()
-        time.sleep(0.01)
-    reap()
-    survivors = sum(1 for proc in descendants(me) if _running(proc))
-    report(event="exited", returncode=returncode, killed=killed, survivors=survivors)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(helper_main(sys.argv[1:]))

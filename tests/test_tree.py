@@ -1,4 +1,4 @@
-"""The process-tree kill on its own: real processes under a real helper (the subreaper).
+"""The process-tree kill on its own: real processes under a real hub (the subreaper).
 
 Hostile trees that a kill which lists once and waits for that listing misses: a
 fork-and-exit chain whose links `setsid` (each link lives a fraction of a millisecond and
@@ -8,10 +8,7 @@ SIGTERM until continued.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -22,6 +19,7 @@ import psutil
 import pytest
 from conftest import processes_with_token
 
+from supervisor import _hub as hub
 from supervisor import _tree as tree
 from supervisor._policy import TREE_GRACE
 
@@ -29,42 +27,37 @@ CHAIN = str(Path(__file__).with_name("fork_chain.py"))
 
 
 class Helper:
-    """`_tree.py` run as the helper of a stand-in CLI, as `CliProcess` runs it."""
+    """A hub running one stand-in CLI, as the library runs it (`supervisor._hub`)."""
 
     def __init__(self, cli: list[str], kill_timeout: float) -> None:
-        status_read, status_write = os.pipe()
-        lifeline_read, self._lifeline = os.pipe()
-        self.tag, self.started = tree.new_tag(), time.time() - 1.0
-        command = tree.helper_command(
-            cli,
-            status_fd=status_write,
-            lifeline_fd=lifeline_read,
-            kill_timeout=kill_timeout,
-            grace=TREE_GRACE,
-            tag=self.tag,
+        self.started = time.time() - 1.0
+        self.proc, self._control = hub.start()
+        self.session = hub.BlockingSession(
+            self._control, cli, kill_timeout=kill_timeout, grace=TREE_GRACE
         )
-        self.proc = subprocess.Popen(
-            command, pass_fds=(status_write, lifeline_read), start_new_session=True
-        )
-        os.close(status_write)
-        os.close(lifeline_read)
-        self._status = os.fdopen(status_read)
-        spawned = json.loads(self._status.readline())
+        self.tag = self.session.tag
+        spawned = self.session.report()
         assert spawned["event"] == "spawned"
         self.cli = psutil.Process(spawned["pid"])
 
     def stop(self, timeout: float) -> dict[str, object]:
-        """SIGTERM to the helper (a `KillTree`); its `exited` report."""
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=timeout)
-        return dict(json.loads(self._status.readline()))
+        """A `KillTree`, then the end of the hub (its only session is over); the
+        session's `exited` report."""
+        self.session.kill()
+        self.session.sock.settimeout(timeout)
+        report = self.session.report()
+        self.close(timeout)
+        return report
 
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._status.close()
-        os.close(self._lifeline)
+    def close(self, timeout: float = 30) -> None:
+        self.session.close()
+        self._control.close()  # the hub's lifeline: it ends
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
 
 
 @contextmanager
