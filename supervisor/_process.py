@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+import attrs
 import psutil
 import trio
 
@@ -44,10 +45,28 @@ from ._policy import REAP_GRACE, TREE_GRACE
 #: How much of the CLI's stderr is kept to explain a failure.
 STDERR_TAIL_BYTES = 4096
 
+#: The most read from the CLI's output at once.
+READ_BYTES = 256 * 1024
+
+
+@attrs.frozen
+class ReadDone:
+    """Every frame of one read of the CLI's output has been handed on.
+
+    Awaiting it is where the relay makes the reading wait while its writer is behind: a
+    reader that stops reading stops us reading the CLI, whose pipe then fills (as it
+    would without us) instead of our memory.
+    """
+
+
 #: Takes an over-long line in pieces: its start (only when its head did not say what it
 #: is: otherwise the head comes as a partial frame, through the machine), the rest as
-#: it comes, then its end. Awaiting it is the backpressure that keeps memory bounded.
-RelayPart = Callable[[LongLineStart | LongLinePart | LongLineEnd], Awaitable[None]]
+#: it comes, then its end; and `ReadDone` after each read. Awaiting it is the
+#: backpressure that keeps memory bounded.
+RelayPart = Callable[[LongLineStart | LongLinePart | LongLineEnd | ReadDone], Awaitable[None]]
+
+#: After each read (see `ReadDone`).
+_READ_DONE = ReadDone()
 
 
 class CliProcess:
@@ -259,10 +278,16 @@ class CliProcess:
     async def _read_stdout(self) -> None:
         assert self._helper is not None and self._helper.stdout is not None
         lines = LineStreamer(self._max_line_bytes)
+        relay_part = self._relay_part
         async with self._helper.stdout as stdout:
-            async for chunk in stdout:
+            while chunk := await stdout.receive_some(READ_BYTES):
                 for item in lines.feed(chunk):
-                    await self._on_item(item)
+                    if isinstance(item, bytes):
+                        self._on_line(item)  # the common case, without a coroutine
+                    else:
+                        await self._on_item(item)
+                if relay_part is not None:
+                    await relay_part(_READ_DONE)
         for item in lines.close():
             await self._on_item(item)
 
@@ -310,7 +335,8 @@ class CliProcess:
                 self._emit(BadLine("cli", FramingError(error.code, error.message, preview)))
 
     def _on_line(self, line: bytes | FramingError) -> None:
-        frame = decode_line(line) if isinstance(line, bytes) else line
+        # Lazy: a frame that is only relayed is never parsed (see `decode_line`).
+        frame = decode_line(line, lazy=True) if isinstance(line, bytes) else line
         if isinstance(frame, FramingError):
             self._emit(BadLine("cli", frame))
         else:
