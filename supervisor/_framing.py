@@ -32,6 +32,7 @@ DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
 
 #: The bytes `bytes.strip()` removes: a line of only these is blank.
 _BLANK = frozenset(b" \t\n\r\x0b\x0c")
+_NOT_BLANK = re.compile(rb"[^ \t\n\r\x0b\x0c]")
 
 
 @attrs.frozen(eq=False)
@@ -207,20 +208,20 @@ class LineStreamer:
         self._max = max_line_bytes
         self._buffer = bytearray()
         self._long: int | None = None  # bytes so far of an over-long line, if in one
+        #: Bytes so far of a line over the cap that is only whitespace so far: blank
+        #: lines carry nothing, whatever their length (`_buffer` keeps its first bytes).
+        self._blank: int | None = None
 
     @property
     def max_line_bytes(self) -> int:
         return self._max
 
     def feed(self, data: bytes | bytearray) -> Iterator[StreamItem]:
-        if self._buffer or self._long is not None or isinstance(data, bytearray):
-            yield from self._feed(data)
-            return
-        # The common case, a read of whole lines (and maybe the start of one more): one
-        # split in C instead of a search per line, and no copy through the buffer.
-        *lines, rest = data.split(b"\n")
+        # One split in C rather than a search per line: a read holds many lines; only a
+        # line begun by an earlier read (or over the cap) goes through the buffer.
+        *lines, rest = bytes(data).split(b"\n")
         for line in lines:
-            if len(line) > self._max:
+            if self._buffer or self._long is not None or len(line) > self._max:
                 yield from self._take(line)
                 item = self._finish_line()
                 if item is not None:
@@ -228,18 +229,6 @@ class LineStreamer:
             elif line and (line[0] not in _BLANK or line.strip()):
                 yield line
         yield from self._take(rest)
-
-    def _feed(self, data: bytes | bytearray) -> Iterator[StreamItem]:
-        start = 0
-        while True:
-            newline = data.find(b"\n", start)
-            yield from self._take(data[start : len(data) if newline < 0 else newline])
-            if newline < 0:
-                return
-            start = newline + 1
-            item = self._finish_line()
-            if item is not None:
-                yield item
 
     def close(self) -> Iterator[StreamItem]:
         """End of stream: a last line without a newline still counts."""
@@ -254,9 +243,23 @@ class LineStreamer:
         if self._long is not None:
             self._long += len(chunk)
             yield LongLinePart(bytes(chunk))
+        elif self._blank is not None:
+            self._blank += len(chunk)
+            if _NOT_BLANK.search(chunk):
+                # Over-long after all, and its head is blank, so every reader drops it
+                # (it does not start a JSON object): what came past the head is not kept.
+                self._long, self._blank = self._blank, None
+                yield LongLineStart(bytes(self._buffer))
+                self._buffer.clear()
+                yield LongLinePart(bytes(chunk))
         elif len(self._buffer) + len(chunk) > self._max:
-            self._long = len(self._buffer) + len(chunk)
             cut = self._max - len(self._buffer)
+            size = len(self._buffer) + len(chunk)
+            if not _NOT_BLANK.search(self._buffer) and not _NOT_BLANK.search(chunk):
+                self._blank = size
+                self._buffer += chunk[:cut]
+                return
+            self._long = size
             self._buffer += chunk[:cut]
             yield LongLineStart(bytes(self._buffer))
             self._buffer.clear()
@@ -269,6 +272,7 @@ class LineStreamer:
         if self._long is not None:
             size, self._long = self._long, None
             return LongLineEnd(size)
+        self._blank = None
         line = bytes(self._buffer)
         self._buffer.clear()
         if not line.strip():

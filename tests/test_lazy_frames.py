@@ -4,6 +4,7 @@ line's head, and only when the head says it plainly; anything else is parsed in 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given
@@ -144,7 +145,7 @@ def test_streaming_does_not_depend_on_how_reads_are_cut(
     assert _lines(run(cuts)) == _lines(run([]))
 
 
-def _lines(items: list[object]) -> list[object]:
+def _lines(items: Sequence[object]) -> list[object]:
     """The pieces of an over-long line depend on the reads; the line they make does not."""
     out: list[object] = []
     long = b""
@@ -158,3 +159,12 @@ def _lines(items: list[object]) -> list[object]:
         else:
             out.append(item)
     return out
+
+
+@pytest.mark.parametrize("cut", [0, 1, 3, 5, 9, 16])
+def test_a_blank_line_is_blank_whatever_its_length(cut: int) -> None:
+    stream = b" \t " * 5 + b"\n" + b"   x" * 3 + b"\n" + b'{"a":1}\n'
+    streamer = LineStreamer(8)
+    items = [*streamer.feed(stream[:cut]), *streamer.feed(stream[cut:]), *streamer.close()]
+    assert _lines(items)[-1] == b'{"a":1}'
+    assert len(_lines(items)) == 2  # the blank line gave nothing; the long one its pieces
