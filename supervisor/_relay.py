@@ -125,7 +125,8 @@ class Relay:
         elif len(frame.raw) < _COPY_BYTES:
             self._send(frame.raw + b"\n")
         else:
-            self._send(frame.raw, b"\n")
+            self._send(frame.raw)
+            self._send(b"\n")
 
     async def _deliver_part(
         self, item: LongLineStart | LongLinePart | LongLineEnd | ReadDone
@@ -155,17 +156,17 @@ class Relay:
     def _end_stream(self) -> None:
         """The over-long line is complete: end it, then write what waited behind it."""
         self._streaming = False
-        self._send(b"\n", *self._held)
-        self._held = []
+        self._send(b"\n")
+        held, self._held = self._held, []
+        for line in held:
+            self._send(line)
 
-    def _send(self, *pieces: bytes) -> None:
-        if self._out_closed.is_set():
+    def _send(self, piece: bytes) -> None:
+        if self._writer_gone:  # counted, in case the writer was cut short (see there)
+            self._dropped += not self._out_closed.is_set() and piece.endswith(b"\n")
             return
-        if self._writer_gone:
-            self._dropped += sum(piece.endswith(b"\n") for piece in pieces)
-            return
-        self._out.extend(pieces)
-        self._queued_bytes += sum(map(len, pieces))
+        self._out.append(piece)
+        self._queued_bytes += len(piece)
         self._out_ready.set()
 
     def _record_report(self, report: CancelReport | None) -> None:
