@@ -208,9 +208,6 @@ class LineStreamer:
         self._max = max_line_bytes
         self._buffer = bytearray()
         self._long: int | None = None  # bytes so far of an over-long line, if in one
-        #: Bytes so far of a line over the cap that is only whitespace so far: blank
-        #: lines carry nothing, whatever their length (`_buffer` keeps its first bytes).
-        self._blank: int | None = None
 
     @property
     def max_line_bytes(self) -> int:
@@ -243,23 +240,9 @@ class LineStreamer:
         if self._long is not None:
             self._long += len(chunk)
             yield LongLinePart(bytes(chunk))
-        elif self._blank is not None:
-            self._blank += len(chunk)
-            if _NOT_BLANK.search(chunk):
-                # Over-long after all, and its head is blank, so every reader drops it
-                # (it does not start a JSON object): what came past the head is not kept.
-                self._long, self._blank = self._blank, None
-                yield LongLineStart(bytes(self._buffer))
-                self._buffer.clear()
-                yield LongLinePart(bytes(chunk))
         elif len(self._buffer) + len(chunk) > self._max:
+            self._long = len(self._buffer) + len(chunk)
             cut = self._max - len(self._buffer)
-            size = len(self._buffer) + len(chunk)
-            if not _NOT_BLANK.search(self._buffer) and not _NOT_BLANK.search(chunk):
-                self._blank = size
-                self._buffer += chunk[:cut]
-                return
-            self._long = size
             self._buffer += chunk[:cut]
             yield LongLineStart(bytes(self._buffer))
             self._buffer.clear()
@@ -272,7 +255,6 @@ class LineStreamer:
         if self._long is not None:
             size, self._long = self._long, None
             return LongLineEnd(size)
-        self._blank = None
         line = bytes(self._buffer)
         self._buffer.clear()
         if not line.strip():
@@ -284,11 +266,13 @@ class LineSplitter:
     """Cuts a byte stream into lines; a line over the cap is dropped, as an error.
 
     Its bytes are not kept: one `FramingError("line_too_long")` comes when its newline
-    arrives (or at the end of the stream), so memory stays bounded by the cap.
+    arrives (or at the end of the stream), so memory stays bounded by the cap. A line of
+    only whitespace is blank, whatever its length: nothing comes of it.
     """
 
     def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
         self._lines = LineStreamer(max_line_bytes)
+        self._blank = True  # the over-long line being dropped is only whitespace so far
 
     def feed(self, data: bytes | bytearray) -> Iterator[bytes | FramingError]:
         """Yields each complete line (without newline) or an error for an over-long one."""
@@ -301,7 +285,11 @@ class LineSplitter:
         for item in items:
             if isinstance(item, bytes):
                 yield item
-            elif isinstance(item, LongLineEnd):
+            elif isinstance(item, LongLineStart):
+                self._blank = not _NOT_BLANK.search(item.head)
+            elif isinstance(item, LongLinePart):
+                self._blank = self._blank and not _NOT_BLANK.search(item.data)
+            elif not self._blank:
                 yield line_too_long(item.size, self._lines.max_line_bytes)
 
 

@@ -283,14 +283,16 @@ class CliProcess:
             self._cli = None  # gone: never signal that pid again
 
     async def _read_stdout(self) -> None:
-        assert self._helper is not None and self._helper.stdout is not None
+        assert isinstance(self._helper, trio.Process)
+        assert isinstance(self._helper.stdout, trio.lowlevel.FdStream)
         lines = LineStreamer(self._max_line_bytes)
         relay_part = self._relay_part
         async with self._helper.stdout as stdout:
-            if relay_part is not None and isinstance(stdout, trio.lowlevel.FdStream):
+            fd = stdout.fileno()
+            if relay_part is not None:
                 with contextlib.suppress(OSError):  # over the limit or quota: as it is
-                    fcntl.fcntl(stdout.fileno(), fcntl.F_SETPIPE_SZ, RELAY_PIPE_BYTES)
-            while chunk := await stdout.receive_some(READ_BYTES):
+                    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, RELAY_PIPE_BYTES)
+            while chunk := await _read(fd):
                 for item in lines.feed(chunk):
                     if isinstance(item, bytes):
                         self._on_line(item)  # the common case, without a coroutine
@@ -377,6 +379,28 @@ class CliProcess:
                     await stdin.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return  # the CLI is gone; the machine knows what was not answered
+
+
+async def _read(fd: int) -> bytes:
+    """The next read of a pipe (b"" at its end).
+
+    What is there is read at once: a frame that arrived while the reader was busy costs
+    no trip through the scheduler (trio's `receive_some` yields before every read).
+    Then it yields, so that a flood never starves the other tasks (the parent's input,
+    signals, the writer).
+    """
+    try:
+        try:
+            data = os.read(fd, READ_BYTES)
+        except BlockingIOError:
+            while True:
+                await trio.lowlevel.wait_readable(fd)  # yields
+                with contextlib.suppress(BlockingIOError):
+                    return os.read(fd, READ_BYTES)
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"cannot read the CLI's output: {exc}") from exc
+    await trio.lowlevel.checkpoint()
+    return data
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -88,6 +88,7 @@ class Relay:
         self._held: list[bytes] = []
         self._queued_bytes = 0  # given to the writer, not yet written
         self._room = trio.Event()  # the writer came under RELAY_BUFFER_BYTES
+        self._idle_writer_fd: int | None = None  # stdout, while the writer waits for work
         self._writer_gone = False
 
     async def run(self) -> int:
@@ -140,6 +141,7 @@ class Relay:
         absorbs a slow reader.
         """
         if isinstance(item, ReadDone):
+            self._flush()
             while self._queued_bytes > RELAY_BUFFER_BYTES and not self._writer_gone:
                 self._room = trio.Event()
                 await self._room.wait()
@@ -210,7 +212,11 @@ class Relay:
                 while self._out or not self._out_closed.is_set():
                     if not self._out:
                         self._out_ready = trio.Event()
-                        await self._out_ready.wait()
+                        self._idle_writer_fd = stdout.fileno()
+                        try:
+                            await self._out_ready.wait()
+                        finally:
+                            self._idle_writer_fd = None
                         continue
                     # Each write is bounded once stopping; waiting for a frame is not.
                     self._write_scope = trio.CancelScope(deadline=self._write_deadline)
@@ -238,27 +244,42 @@ class Relay:
 
     async def _write_out(self, fd: int) -> None:
         """Writes the pieces queued, as many in each system call as it takes."""
-        out = self._out
-        while out:
-            pieces = [out[0]] if len(out) == 1 else list(itertools.islice(out, _IOV_MAX))
+        while self._out:
             try:
-                written = os.writev(fd, pieces)
+                self._write_some(fd)
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(fd)
-                continue
             except OSError as exc:
                 raise trio.BrokenResourceError(f"cannot write to stdout: {exc}") from exc
-            self._queued_bytes -= written
-            while written:
-                size = len(out[0])
-                if size <= written:
-                    out.popleft()
-                    written -= size
-                else:
-                    out[0] = memoryview(out[0])[written:]
-                    written = 0
-            if self._queued_bytes <= RELAY_BUFFER_BYTES:
-                self._room.set()
+
+    def _write_some(self, fd: int) -> None:
+        """One system call: as many of the queued pieces as it takes (BlockingIOError
+        when the pipe is full)."""
+        out = self._out
+        pieces = [out[0]] if len(out) == 1 else list(itertools.islice(out, _IOV_MAX))
+        written = os.writev(fd, pieces)
+        self._queued_bytes -= written
+        while written:
+            size = len(out[0])
+            if size <= written:
+                out.popleft()
+                written -= size
+            else:
+                out[0] = memoryview(out[0])[written:]
+                written = 0
+        if self._queued_bytes <= RELAY_BUFFER_BYTES:
+            self._room.set()
+
+    def _flush(self) -> None:
+        """After a read: writes what it gave at once, from the reader's task, when the
+        pipe takes it and the writer is idle (so no other write is under way); what the
+        pipe does not take is left to the writer."""
+        fd = self._idle_writer_fd
+        try:
+            while self._out and fd is not None:
+                self._write_some(fd)
+        except OSError:  # full (the writer waits for room) or broken (it will say so)
+            pass
 
     def _bound_writes(self, deadline: float) -> None:
         self._write_deadline = deadline
