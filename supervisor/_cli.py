@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import signal
 
-# First of all, before the imports below take their tenth of a second: a parent's
-# SIGINT while the wrapper starts must not kill it (the relay installs its own handler;
-# SIGINT while no turn runs does nothing, by the SIGINT contract).
+# First of all, before the imports below (and trio's, once the mode is known) take their
+# time: a parent's SIGINT while the wrapper starts must not kill it (the relay installs
+# its own handler; SIGINT while no turn runs does nothing, by the SIGINT contract).
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 import os  # noqa: E402
@@ -20,11 +20,10 @@ STARTED_BY = os.getppid()
 import shutil  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
-from importlib.metadata import PackageNotFoundError, version  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import trio  # noqa: E402
-
+# Only what every mode needs: trio (a tenth of a second) is imported by the modes that
+# run, `importlib.metadata` by --version alone.
 from ._config import (  # noqa: E402
     ConfigError,
     Invocation,
@@ -121,12 +120,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(invocation.help_text, end="")
         return 0
     if invocation.mode == "version":
+        from importlib.metadata import PackageNotFoundError, version
+
         try:
             print(f"claude-supervisor {version('claude-supervisor')}")
         except PackageNotFoundError:
             print("claude-supervisor (not installed)")
         return 0
     if invocation.mode == "demo":
+        import trio
+
         from ._demo import run_demo
 
         if invocation.config.claude is not None:
@@ -161,6 +164,8 @@ def _run(invocation: Invocation) -> int:
         return _error(problem, 127)
     assert resolved is not None
     claude = resolved
+    import trio
+
     if wants_stream_json_input(invocation.claude_args):
         from ._relay import Relay
 

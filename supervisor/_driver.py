@@ -31,6 +31,9 @@ from ._framing import Frame
 from ._process import CliProcess, RelayPart
 from ._report import CancelReport
 
+#: The events that settle whether the first CLI started.
+_SPAWN_OUTCOMES = (m.CliSpawned, m.SpawnFailed)
+
 
 class Driver:
     """Runs one session: the machine, its CLI processes and its timer."""
@@ -79,7 +82,7 @@ class Driver:
             nursery.cancel_scope.cancel()
 
     def dispatch(self, event: m.Event) -> None:
-        if isinstance(event, m.CliSpawned | m.SpawnFailed):
+        if type(event) is not m.FromCli and isinstance(event, _SPAWN_OUTCOMES):
             self.first_spawn.set()
         self._perform(self.machine.handle(event, trio.current_time()))
 
@@ -99,7 +102,10 @@ class Driver:
 
     def _perform(self, actions: Sequence[m.Action]) -> None:
         for action in actions:
-            self._perform_one(action)
+            if type(action) is m.Deliver:  # most actions: every frame the CLI writes
+                self._deliver(action.frame, action.turn)
+            else:
+                self._perform_one(action)
         deadline = self._deadline()
         if deadline < self._timer.deadline:
             self._timer.deadline = deadline

@@ -30,21 +30,48 @@ import attrs
 #: enough that a runaway writer cannot make the supervisor buffer without bound.
 DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
 
+#: The bytes `bytes.strip()` removes: a line of only these is blank.
+_BLANK = frozenset(b" \t\n\r\x0b\x0c")
+_NOT_BLANK = re.compile(rb"[^ \t\n\r\x0b\x0c]")
 
-@attrs.frozen
+
+@attrs.frozen(eq=False)
 class Frame:
-    """One stream-json object, with the exact bytes it arrived as (without the newline)."""
+    """One stream-json object, with the exact bytes it arrived as (without the newline).
+
+    A frame of the CLI's that is only relayed need not be parsed: `decode_line(line,
+    lazy=True)` reads its `type` from the line's head (see `cheap_type`) and leaves
+    `data` to be parsed on first use (then kept).
+    """
 
     raw: bytes
-    data: dict[str, Any]
+    #: The parsed object; None until a lazy frame's `data` is first read.
+    _data: dict[str, Any] | None = attrs.field(default=None, alias="data", repr=False)
     #: A CLI line over the cap: `data` holds what could be read of it (see `read_head`,
     #: `MemberScanner`) and `raw` what is still to be written of it: its head, the rest
     #: following in pieces outside the frame, or nothing when the whole line has already
     #: been relayed (its type came after a long value, so it was known only at its end).
     partial: bool = False
+    #: A lazy frame's type, read from its head (see `cheap_type`).
+    _head_type: str | None = attrs.field(default=None, alias="head_type", repr=False)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        data = self._data
+        if data is None:
+            data = self._parse()
+            object.__setattr__(self, "_data", data)  # a cache: frozen to everyone else
+        return data
+
+    @property
+    def parsed(self) -> bool:
+        """Whether `data` has been parsed (it always is, but for a lazy frame not read yet)."""
+        return self._data is not None
 
     @property
     def type(self) -> str | None:
+        if self._data is None and self._head_type is not None:
+            return self._head_type
         value = self.data.get("type")
         return value if isinstance(value, str) else None
 
@@ -58,6 +85,21 @@ class Frame:
         """A frame the supervisor writes itself (compact JSON, one line)."""
         raw = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
         return cls(raw=raw, data=data)
+
+    def _parse(self) -> dict[str, Any]:
+        data = _decode(self.raw)
+        if not isinstance(data, FramingError):
+            return data
+        # A line whose head is a frame's but whose body is not JSON: it was relayed as
+        # it came (a parent reads it as it would without us); what is known is its type.
+        return {} if self._head_type is None else {"type": self._head_type}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Frame):
+            return NotImplemented
+        return (self.raw, self.partial, self.data) == (other.raw, other.partial, other.data)
+
+    __hash__ = None  # type: ignore[assignment]  # `data` is a dict
 
 
 @attrs.frozen
@@ -77,8 +119,23 @@ def _preview(line: bytes) -> str:
     return line[:PREVIEW_CHARS].decode("utf-8", errors="replace")
 
 
-def decode_line(line: bytes) -> Frame | FramingError:
-    """Parse one line (without its newline) into a frame."""
+def decode_line(line: bytes, *, lazy: bool = False) -> Frame | FramingError:
+    """Parse one line (without its newline) into a frame.
+
+    With `lazy`, a line whose head says its type (see `cheap_type`) becomes a frame at
+    once, its body parsed only when its `data` is read: for frames that are only
+    relayed, the supervisor never parses them. Any other line is parsed in full, so
+    what is not a frame is still an error.
+    """
+    if lazy:
+        kind = cheap_type(line)
+        if kind is not None:
+            return Frame(raw=line, head_type=kind)
+    data = _decode(line)
+    return data if isinstance(data, FramingError) else Frame(raw=line, data=data)
+
+
+def _decode(line: bytes) -> dict[str, Any] | FramingError:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -91,7 +148,25 @@ def decode_line(line: bytes) -> Frame | FramingError:
         return FramingError("invalid_json", f"line is not JSON: {exc}", _preview(line))
     if not isinstance(data, dict):
         return FramingError("invalid_frame", "a frame must be a JSON object", _preview(line))
-    return Frame(raw=line, data=data)
+    return data
+
+
+#: The head of a line as the CLI writes it (JSON.stringify: compact, `type` first): an
+#: object whose first member is `"type"` with a short plain string (no escapes).
+_TYPE_FIRST = re.compile(rb'\{"type":"([A-Za-z0-9_.:/-]{1,64})"[,}]')
+
+
+def cheap_type(line: bytes) -> str | None:
+    """A line's `type`, from its first bytes alone; None when they do not say it plainly.
+
+    Only the exact compact head `{"type":"NAME",` (or `}`) counts: the name spelled with
+    escapes (`"\\u0074ype"`), whitespace, another member first, or an escaped value
+    all give None, and the caller parses the whole line. The one thing the head cannot
+    rule out is a second `type` member later in the same object (JSON.stringify, which
+    writes the CLI's frames, never repeats a name).
+    """
+    match = _TYPE_FIRST.match(line)
+    return match.group(1).decode("ascii") if match else None
 
 
 @attrs.frozen
@@ -139,16 +214,18 @@ class LineStreamer:
         return self._max
 
     def feed(self, data: bytes | bytearray) -> Iterator[StreamItem]:
-        start = 0
-        while True:
-            newline = data.find(b"\n", start)
-            yield from self._take(data[start : len(data) if newline < 0 else newline])
-            if newline < 0:
-                return
-            start = newline + 1
-            item = self._finish_line()
-            if item is not None:
-                yield item
+        # One split in C rather than a search per line: a read holds many lines; only a
+        # line begun by an earlier read (or over the cap) goes through the buffer.
+        *lines, rest = bytes(data).split(b"\n")
+        for line in lines:
+            if self._buffer or self._long is not None or len(line) > self._max:
+                yield from self._take(line)
+                item = self._finish_line()
+                if item is not None:
+                    yield item
+            elif line and (line[0] not in _BLANK or line.strip()):
+                yield line
+        yield from self._take(rest)
 
     def close(self) -> Iterator[StreamItem]:
         """End of stream: a last line without a newline still counts."""
@@ -189,11 +266,13 @@ class LineSplitter:
     """Cuts a byte stream into lines; a line over the cap is dropped, as an error.
 
     Its bytes are not kept: one `FramingError("line_too_long")` comes when its newline
-    arrives (or at the end of the stream), so memory stays bounded by the cap.
+    arrives (or at the end of the stream), so memory stays bounded by the cap. A line of
+    only whitespace is blank, whatever its length: nothing comes of it.
     """
 
     def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
         self._lines = LineStreamer(max_line_bytes)
+        self._blank = True  # the over-long line being dropped is only whitespace so far
 
     def feed(self, data: bytes | bytearray) -> Iterator[bytes | FramingError]:
         """Yields each complete line (without newline) or an error for an over-long one."""
@@ -206,7 +285,11 @@ class LineSplitter:
         for item in items:
             if isinstance(item, bytes):
                 yield item
-            elif isinstance(item, LongLineEnd):
+            elif isinstance(item, LongLineStart):
+                self._blank = not _NOT_BLANK.search(item.head)
+            elif isinstance(item, LongLinePart):
+                self._blank = self._blank and not _NOT_BLANK.search(item.data)
+            elif not self._blank:
                 yield line_too_long(item.size, self._lines.max_line_bytes)
 
 

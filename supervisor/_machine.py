@@ -1016,11 +1016,13 @@ class SessionMachine:
             cli.proven = True
         if self._running is not None:
             self._running.note_output(frame, now, tools=self.policy.stall_timeout is not None)
-        data = frame.data
-        session_id = data.get("session_id")
-        if isinstance(session_id, str) and session_id:
-            self.session_id = session_id
         kind = frame.type
+        # Most frames are only relayed and stay unparsed (`Frame.data` is lazy): the
+        # session id is read where the CLI says it first (init) and last (result).
+        if kind in ("system", "result") or frame.parsed:
+            session_id = frame.data.get("session_id")
+            if isinstance(session_id, str) and session_id:
+                self.session_id = session_id
         esc = self._escalation
         if kind == "control_response":
             if self._on_control_response(frame, now, out):
@@ -1037,7 +1039,7 @@ class SessionMachine:
         if kind == "result" and turn is None and self._respawning:
             # The real CLI writes one when a --resume fails, before it exits: its errors
             # explain the failure (see `_start_fresh`), and it belongs to no turn.
-            errors = data.get("errors")
+            errors = frame.data.get("errors")
             if isinstance(errors, list) and cli is not None:
                 cli.resume_errors += [str(e) for e in errors]
             return

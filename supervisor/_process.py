@@ -9,11 +9,13 @@ and a write into its full pipe must not stall the supervisor.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+import attrs
 import trio
 
 from ._framing import (
@@ -36,10 +38,34 @@ from ._machine import BadLine, CliExited, CliSpawned, Event, FromCli, SpawnFaile
 #: How much of the CLI's stderr is kept to explain a failure.
 STDERR_TAIL_BYTES = 4096
 
+#: The most read from the CLI's output at once.
+READ_BYTES = 1024 * 1024
+
+#: The size asked for the pipe of the CLI's output when it is relayed (the executable):
+#: a 1 MB frame then takes one read and one wake-up instead of sixteen (the default
+#: pipe holds 64 KiB). Only there: a library with hundreds of sessions would spend the
+#: user's pipe quota (fs.pipe-user-pages-soft), past which new pipes get one page.
+RELAY_PIPE_BYTES = 1024 * 1024
+
+
+@attrs.frozen
+class ReadDone:
+    """Every frame of one read of the CLI's output has been handed on.
+
+    Awaiting it is where the relay makes the reading wait while its writer is behind: a
+    reader that stops reading stops us reading the CLI, whose pipe then fills (as it
+    would without us) instead of our memory.
+    """
+
+
 #: Takes an over-long line in pieces: its start (only when its head did not say what it
 #: is: otherwise the head comes as a partial frame, through the machine), the rest as
-#: it comes, then its end. Awaiting it is the backpressure that keeps memory bounded.
-RelayPart = Callable[[LongLineStart | LongLinePart | LongLineEnd], Awaitable[None]]
+#: it comes, then its end; and `ReadDone` after each read. Awaiting it is the
+#: backpressure that keeps memory bounded.
+RelayPart = Callable[[LongLineStart | LongLinePart | LongLineEnd | ReadDone], Awaitable[None]]
+
+#: After each read (see `ReadDone`).
+_READ_DONE = ReadDone()
 
 
 class CliProcess:
@@ -176,10 +202,20 @@ class CliProcess:
     async def _read_stdout(self) -> None:
         assert self._helper is not None and self._helper.stdout is not None
         lines = LineStreamer(self._max_line_bytes)
+        relay_part = self._relay_part
         async with self._helper.stdout as stdout:
-            async for chunk in stdout:
+            fd = stdout.fileno()
+            if relay_part is not None:
+                with contextlib.suppress(OSError):  # over the limit or quota: as it is
+                    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, RELAY_PIPE_BYTES)
+            while chunk := await _read(fd):
                 for item in lines.feed(chunk):
-                    await self._on_item(item)
+                    if isinstance(item, bytes):
+                        self._on_line(item)  # the common case, without a coroutine
+                    else:
+                        await self._on_item(item)
+                if relay_part is not None:
+                    await relay_part(_READ_DONE)
         for item in lines.close():
             await self._on_item(item)
 
@@ -227,7 +263,8 @@ class CliProcess:
                 self._emit(BadLine("cli", FramingError(error.code, error.message, preview)))
 
     def _on_line(self, line: bytes | FramingError) -> None:
-        frame = decode_line(line) if isinstance(line, bytes) else line
+        # Lazy: a frame that is only relayed is never parsed (see `decode_line`).
+        frame = decode_line(line, lazy=True) if isinstance(line, bytes) else line
         if isinstance(frame, FramingError):
             self._emit(BadLine("cli", frame))
         else:
@@ -258,6 +295,28 @@ class CliProcess:
                     await stdin.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return  # the CLI is gone; the machine knows what was not answered
+
+
+async def _read(fd: int) -> bytes:
+    """The next read of a pipe (b"" at its end).
+
+    What is there is read at once: a frame that arrived while the reader was busy costs
+    no trip through the scheduler (trio's `receive_some` yields before every read).
+    Then it yields, so that a flood never starves the other tasks (the parent's input,
+    signals, the writer).
+    """
+    try:
+        try:
+            data = os.read(fd, READ_BYTES)
+        except BlockingIOError:
+            while True:
+                await trio.lowlevel.wait_readable(fd)  # yields
+                with contextlib.suppress(BlockingIOError):
+                    return os.read(fd, READ_BYTES)
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"cannot read the CLI's output: {exc}") from exc
+    await trio.lowlevel.checkpoint()
+    return data
 
 
 def _write_all(fd: int, data: bytes) -> None:

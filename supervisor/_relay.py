@@ -8,8 +8,10 @@ SIGTERM/SIGHUP stop the session), the exit code, and the optional report file.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
+import itertools
 import json
 import math
 import os
@@ -33,15 +35,25 @@ from ._framing import (
     decode_line,
 )
 from ._inbound import user_event
+from ._process import ReadDone
 from ._report import CancelReport
 
 #: Once stopping, how long the frames for stdout may wait for a reader, beyond the kill
 #: of the CLI's tree (`kill_timeout`), before they are dropped.
 STOP_WRITE_GRACE = 1.0
 
-#: How far the writer may fall behind an over-long line being relayed before the reading
-#: of the CLI's output waits for it.
+#: How far the writer to stdout may fall behind before the reading of the CLI's output
+#: waits for it (checked after each read, see `_process.ReadDone`): a parent that stops
+#: reading makes the CLI block on its own pipe, as it would without us, while our memory
+#: stays bounded.
 RELAY_BUFFER_BYTES = 1024 * 1024
+
+#: A frame's line shorter than this is copied to end it with its newline (one piece for
+#: the write); a longer one is written as is, the newline after it.
+_COPY_BYTES = 16 * 1024
+
+#: The most pieces one write takes (the kernel's IOV_MAX).
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
 class Relay:
@@ -61,7 +73,12 @@ class Relay:
             cancel_done=self._record_report,
             deliver_part=self._deliver_part,
         )
-        self._out_send, self._out_receive = trio.open_memory_channel[bytes](math.inf)
+        # What is to be written to stdout, in pieces, oldest first: written by one task,
+        # `_write_stdout`, as many pieces at once as are ready (one system call).
+        self._out: collections.deque[bytes | memoryview] = collections.deque()
+        self._out_ready = trio.Event()  # pieces were added
+        self._out_closed = trio.Event()  # no more will be
+        self._dropped = 0  # frames given after the writer was gone
         self._stopped_by: int | None = None
         #: Once stopping, writes to stdout must end by this time (see `_stop`).
         self._write_deadline = math.inf
@@ -71,7 +88,8 @@ class Relay:
         self._streaming = False
         self._held: list[bytes] = []
         self._queued_bytes = 0  # given to the writer, not yet written
-        self._drained = trio.Event()
+        self._room = trio.Event()  # the writer came under RELAY_BUFFER_BYTES
+        self._idle_writer_fd: int | None = None  # stdout, while the writer waits for work
         self._writer_gone = False
 
     async def run(self) -> int:
@@ -90,7 +108,8 @@ class Relay:
                     # The last frames (the stopped turn's result) get their own grace.
                     grace = trio.current_time() + STOP_WRITE_GRACE
                     self._bound_writes(max(self._write_deadline, grace))
-                self._out_send.close()
+                self._out_closed.set()
+                self._out_ready.set()
                 await writer_done.wait()
                 nursery.cancel_scope.cancel()
         if self._stopped_by is not None:
@@ -105,30 +124,37 @@ class Relay:
         elif frame.partial:  # the head of an over-long line: the rest follows in pieces
             self._streaming = True
             self._send(frame.raw)
-        else:
+        elif len(frame.raw) < _COPY_BYTES:
             self._send(frame.raw + b"\n")
+        else:
+            self._send(frame.raw)
+            self._send(b"\n")
 
-    async def _deliver_part(self, item: LongLineStart | LongLinePart | LongLineEnd) -> None:
-        """An over-long line, in pieces (see `RelayPart`).
+    async def _deliver_part(
+        self, item: LongLineStart | LongLinePart | LongLineEnd | ReadDone
+    ) -> None:
+        """An over-long line, in pieces (see `RelayPart`); or the end of a read.
 
-        Its start comes here only when the machine could not be told what the line is
-        before its end: it is written at once. Waits while the writer is behind, so that
-        the CLI (whose pipe then fills) and not our memory absorbs a slow reader. Pieces
-        of a line the machine did not relay (one of our own answers, say) are dropped.
+        The start of a line comes here only when the machine could not be told what the
+        line is before its end: it is written at once. Pieces of a line the machine did
+        not relay (one of our own answers, say) are dropped. After each read, waits while
+        the writer is behind, so that the CLI (whose pipe then fills) and not our memory
+        absorbs a slow reader.
         """
-        if isinstance(item, LongLineStart):
+        if isinstance(item, ReadDone):
+            self._flush()
+            while self._queued_bytes > RELAY_BUFFER_BYTES and not self._writer_gone:
+                self._room = trio.Event()
+                await self._room.wait()
+        elif isinstance(item, LongLineStart):
             self._streaming = True
             self._send(item.head)
         elif not self._streaming:
             return
         elif isinstance(item, LongLineEnd):
             self._end_stream()
-            return
         else:
             self._send(item.data)
-        while self._queued_bytes > RELAY_BUFFER_BYTES and not self._writer_gone:
-            self._drained = trio.Event()
-            await self._drained.wait()
 
     def _end_stream(self) -> None:
         """The over-long line is complete: end it, then write what waited behind it."""
@@ -138,10 +164,13 @@ class Relay:
         for line in held:
             self._send(line)
 
-    def _send(self, data: bytes) -> None:
-        with contextlib.suppress(trio.ClosedResourceError):
-            self._out_send.send_nowait(data)
-            self._queued_bytes += len(data)
+    def _send(self, piece: bytes) -> None:
+        if self._writer_gone:  # counted, in case the writer was cut short (see there)
+            self._dropped += not self._out_closed.is_set() and piece.endswith(b"\n")
+            return
+        self._out.append(piece)
+        self._queued_bytes += len(piece)
+        self._out_ready.set()
 
     def _record_report(self, report: CancelReport | None) -> None:
         path = self._config.report_file
@@ -179,36 +208,79 @@ class Relay:
             self.driver.dispatch(m.BadLine("user", item))
 
     async def _write_stdout(self, done: trio.Event) -> None:
-        unwritten = 0
         try:
             async with trio.lowlevel.FdStream(os.dup(sys.stdout.fileno())) as stdout:
-                async for data in self._out_receive:
+                while self._out or not self._out_closed.is_set():
+                    if not self._out:
+                        self._out_ready = trio.Event()
+                        self._idle_writer_fd = stdout.fileno()
+                        try:
+                            await self._out_ready.wait()
+                        finally:
+                            self._idle_writer_fd = None
+                        continue
                     # Each write is bounded once stopping; waiting for a frame is not.
                     self._write_scope = trio.CancelScope(deadline=self._write_deadline)
                     with self._write_scope:
-                        await stdout.send_all(data)
-                    self._queued_bytes -= len(data)
-                    if self._queued_bytes <= RELAY_BUFFER_BYTES:
-                        self._drained.set()
+                        await self._write_out(stdout.fileno())
                     if self._write_scope.cancelled_caught:
-                        unwritten = 1  # possibly cut short
                         break
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             # Nobody reads our output any more: the parent is gone. Stop the session.
             self.driver.dispatch(m.EndOfInput(drain=False))
         finally:
             self._writer_gone = True
-            self._drained.set()
-            with trio.CancelScope(shield=True):
-                async for _ in self._out_receive:
-                    unwritten += 1 if self._write_scope.cancelled_caught else 0
-                if self._write_scope.cancelled_caught:
+            self._room.set()
+            self._dropped += sum(piece[-1:] == b"\n" for piece in self._out)
+            self._out.clear()
+            if self._write_scope.cancelled_caught:
+                with trio.CancelScope(shield=True):
+                    await self._out_closed.wait()  # count what still comes
                     await _tell_stderr(
-                        f"claude-supervisor: stopping; {unwritten} frame(s) for stdout were "
-                        "dropped because nobody read them in time (the reader stopped "
-                        "reading); the last line written may be incomplete\n"
+                        f"claude-supervisor: stopping; {max(self._dropped, 1)} frame(s) for "
+                        "stdout were dropped because nobody read them in time (the reader "
+                        "stopped reading); the last line written may be incomplete\n"
                     )
             done.set()
+
+    async def _write_out(self, fd: int) -> None:
+        """Writes the pieces queued, as many in each system call as it takes."""
+        while self._out:
+            try:
+                self._write_some(fd)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(fd)
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"cannot write to stdout: {exc}") from exc
+
+    def _write_some(self, fd: int) -> None:
+        """One system call: as many of the queued pieces as it takes (BlockingIOError
+        when the pipe is full)."""
+        out = self._out
+        pieces = [out[0]] if len(out) == 1 else list(itertools.islice(out, _IOV_MAX))
+        written = os.writev(fd, pieces)
+        self._queued_bytes -= written
+        while written:
+            size = len(out[0])
+            if size <= written:
+                out.popleft()
+                written -= size
+            else:
+                out[0] = memoryview(out[0])[written:]
+                written = 0
+        if self._queued_bytes <= RELAY_BUFFER_BYTES:
+            self._room.set()
+
+    def _flush(self) -> None:
+        """After a read: writes what it gave at once, from the reader's task, when the
+        pipe takes it and the writer is idle (so no other write is under way); what the
+        pipe does not take is left to the writer."""
+        fd = self._idle_writer_fd
+        try:
+            while self._out and fd is not None:
+                self._write_some(fd)
+        except OSError:  # full (the writer waits for room) or broken (it will say so)
+            pass
 
     def _bound_writes(self, deadline: float) -> None:
         self._write_deadline = deadline
