@@ -28,13 +28,14 @@ def long_tool(marker: Path, *, escapee: bool = False, seconds: int = 300) -> str
 
     The command touches `marker` once it runs, so a test awaits that file instead of
     guessing how long the CLI takes to start it. With `escapee`, it also leaves a
-    `setsid` grandchild, re-parented away from the tool, as real tools sometimes do.
+    `setsid` grandchild, re-parented away from the tool, as real tools sometimes do; the
+    marker comes after it, so that a test finding the marker finds the escapee too.
     """
     sleeper = f"python3 -c 'import time; time.sleep({seconds})'"
-    command = f"touch {marker}; "
+    command = ""
     if escapee:
         command += f"setsid -f {sleeper} >/dev/null 2>&1 </dev/null; "
-    command += sleeper
+    command += f"touch {marker}; " + sleeper
     return f"[[api: bash={command}]]"
 
 
