@@ -116,7 +116,9 @@ PREVIEW_CHARS = 200
 
 
 def _preview(line: bytes) -> str:
-    return line[:PREVIEW_CHARS].decode("utf-8", errors="replace")
+    """The first PREVIEW_CHARS characters of a line (UTF-8 takes at most 4 bytes for
+    one, so only that much is decoded, and a character is never cut in half)."""
+    return line[: PREVIEW_CHARS * 4].decode("utf-8", errors="replace")[:PREVIEW_CHARS]
 
 
 def decode_line(line: bytes, *, lazy: bool = False) -> Frame | FramingError:

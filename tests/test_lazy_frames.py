@@ -172,3 +172,11 @@ def test_a_blank_line_is_blank_whatever_its_length(cut: int) -> None:
     assert len(items) == 2
     assert isinstance(items[0], FramingError) and items[0].code == "line_too_long"
     assert items[1] == b'{"a":1}'
+
+
+def test_a_preview_counts_characters_not_bytes() -> None:
+    from supervisor._framing import PREVIEW_CHARS, decode_line
+
+    error = decode_line(("é" * 500).encode())
+    assert not isinstance(error, Frame)
+    assert error.preview == "é" * PREVIEW_CHARS  # no character cut in half, none missing
