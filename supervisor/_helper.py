@@ -213,6 +213,8 @@ class HubRun:
         self._sock = sock
         self._splitter = LineSplitter()
         self._done = trio.Event()
+        #: Set once the CLI's pid is known, or known never to be (a final report first).
+        self.settled = trio.Event()
         self._kill_timeout = kill_timeout
         self._before_turn: frozenset[tree.Identity] = frozenset()
 
@@ -295,6 +297,7 @@ class HubRun:
         if self.final is None:
             self._forget_cli()
             self.orphans_killed = await self._kill_tagged()
+        self.settled.set()
         self._done.set()
 
     def _on_report(self, report: Report) -> None:
@@ -302,9 +305,11 @@ class HubRun:
             self.cli = tree.process_of(report)
             if self.cli is not None:
                 self._hub.clis.add(self.cli.pid)
+            self.settled.set()
         elif report.get("event") in FINAL_EVENTS:
             self._forget_cli()  # gone: never signal that pid again
             self.final = report
+            self.settled.set()
 
     def _forget_cli(self) -> None:
         if self.cli is not None:

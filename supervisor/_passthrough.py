@@ -44,6 +44,9 @@ async def run_passthrough(
             async def forward() -> None:
                 async for signum in signals:
                     if not (on_terminal and signum in (signal.SIGINT, signal.SIGQUIT)):
+                        # A signal that came before the CLI's pid was read waits for it,
+                        # so it reaches the CLI rather than nothing.
+                        await helper.settled.wait()
                         helper.send_to_cli(signum)
 
             try:
