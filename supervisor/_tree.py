@@ -183,7 +183,7 @@ class SessionFilter:
         cli: int | None,
         tag: str,
         others: Collection[int] = (),
-        tags: dict[Identity, str | None] | None = None,
+        tags: dict[Identity, str] | None = None,
     ) -> None:
         self.hub, self.cli, self.tag, self.others, self.tags = hub, cli, tag, others, tags
 
@@ -199,11 +199,16 @@ class SessionFilter:
         ident = identity(proc)
         if ident is None:
             return True
-        if ident not in tags:
-            if len(tags) > 100_000:
-                tags.clear()
-            tags[ident] = tag_of(proc)
-        return tags[ident] != self.tag
+        tag = tags.get(ident)
+        if tag is None:
+            # Not remembered when unreadable: a read that failed once (a process in the
+            # middle of its start) must not hide the process from every later listing.
+            tag = tag_of(proc)
+            if tag is not None:
+                if len(tags) > 100_000:
+                    tags.clear()
+                tags[ident] = tag
+        return tag != self.tag
 
     def listing(self) -> list[psutil.Process]:
         """The session's processes now, parents before children."""
