@@ -186,25 +186,27 @@ class SessionFilter:
         tags: dict[Identity, str] | None = None,
     ) -> None:
         self.hub, self.cli, self.tag, self.others, self.tags = hub, cli, tag, others, tags
+        self._unsure: set[int] = set()  # this listing's unreadable hub children
 
     def skip(self, pid: int) -> bool:
         return pid != self.cli and pid in self.others
 
     def prune(self, proc: psutil.Process, parent: int) -> bool:
-        if parent != self.hub or proc.pid == self.cli:
+        if proc.pid == self.cli or (parent != self.hub and parent not in self._unsure):
             return False
-        tags = self.tags
-        if tags is None:
-            return tag_of(proc) != self.tag
         ident = identity(proc)
-        if ident is None:
-            return True
-        tag = tags.get(ident)
+        tags = self.tags if self.tags is not None else {}
+        tag = tags.get(ident) if ident is not None else None
         if tag is None:
-            # Not remembered when unreadable: a read that failed once (a process in the
-            # middle of its start) must not hide the process from every later listing.
-            tag = tag_of(proc)
-            if tag is not None:
+            try:
+                tag = proc.environ().get(TAG_VARIABLE)
+            except GONE:
+                # Unreadable (mid-start, or exiting: a fork chain's link whose child is
+                # the live one). Walked into but never listed: its children say by their
+                # own tag whose they are.
+                self._unsure.add(proc.pid)
+                return False
+            if tag is not None and ident is not None and self.tags is not None:
                 if len(tags) > 100_000:
                     tags.clear()
                 tags[ident] = tag
@@ -212,7 +214,9 @@ class SessionFilter:
 
     def listing(self) -> list[psutil.Process]:
         """The session's processes now, parents before children."""
-        return descendants(self.hub, prune=self.prune, skip=self.skip)
+        self._unsure = set()
+        found = descendants(self.hub, prune=self.prune, skip=self.skip)
+        return [proc for proc in found if proc.pid not in self._unsure]
 
 
 def snapshot(
