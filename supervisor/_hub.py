@@ -322,12 +322,10 @@ class _Hub:
     # ---------------------------------------------------------------- sockets
 
     def _on_control(self, sock: socket.socket) -> None:
-        try:
-            data, fds, _flags, _addr = socket.recv_fds(sock, 4096, 64, _RECV_FLAGS)
-        except BlockingIOError:
+        received = _receive(sock, 4096, 64)
+        if received is None:
             return
-        except OSError:
-            data, fds = b"", []
+        data, fds = received
         for fd in fds:
             session_sock = socket.socket(fileno=fd)
             if self.stopping:
@@ -345,12 +343,10 @@ class _Hub:
 
     def _on_session(self, sock: socket.socket) -> None:
         session = self.sessions[sock]
-        try:
-            data, fds, _flags, _addr = socket.recv_fds(sock, 65536, 16, _RECV_FLAGS)
-        except BlockingIOError:
+        received = _receive(sock, 65536, 16)
+        if received is None:
             return
-        except OSError:
-            data, fds = b"", []
+        data, fds = received
         session.fds.extend(fds)
         if not data:
             session.connected = False
@@ -534,3 +530,15 @@ def _max_fd() -> int:
 def main(argv: Sequence[str]) -> int:
     control = socket.socket(fileno=int(argv[0]))
     return _Hub(control).run()
+
+
+def _receive(sock: socket.socket, size: int, max_fds: int) -> tuple[bytes, list[int]] | None:
+    """What a ready socket holds (bytes and passed fds); `(b"", [])` at its end or on an
+    error (the peer is gone either way); None when nothing was there after all."""
+    try:
+        data, fds, _flags, _addr = socket.recv_fds(sock, size, max_fds, _RECV_FLAGS)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b"", []
+    return data, fds
