@@ -199,13 +199,18 @@ class SessionFilter:
         tag = tags.get(ident) if ident is not None else None
         if tag is None:
             try:
-                tag = proc.environ().get(TAG_VARIABLE)
+                environ = proc.environ()
             except GONE:
-                # Unreadable (mid-start, or exiting: a fork chain's link whose child is
-                # the live one). Walked into but never listed: its children say by their
-                # own tag whose they are.
+                environ = {}
+            if not environ:
+                # Unreadable, or empty: a process that is exiting has no environment
+                # left to read while it still has children (a fork chain's link whose
+                # child is the live one), and one mid-start may not have one yet.
+                # Walked into but never listed: its children say by their own tag
+                # whose they are.
                 self._unsure.add(proc.pid)
                 return False
+            tag = environ.get(TAG_VARIABLE)
             if tag is not None and ident is not None and self.tags is not None:
                 if len(tags) > 100_000:
                     tags.clear()
