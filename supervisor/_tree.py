@@ -146,14 +146,33 @@ def descendants(
     except GONE:
         return []
     found: list[psutil.Process] = []
-    todo = [root]
-    while todo:
-        parent = todo.pop()
-        for child in children(parent, skip if parent is root else None):
-            if prune is None or not prune(child, parent.pid):
+    seen: set[int] = set()  # the root's children looked at
+    for _ in range(_ROOT_READS):
+        # The root's children again, after the walk below them: a process that exited
+        # while it was walked has handed its children to the root (a subreaper), which
+        # had already been read. A fork chain does this at every link.
+        fresh = [c for c in children(root, skip) if c.pid not in seen]
+        if not fresh:
+            break
+        seen.update(c.pid for c in fresh)
+        todo: list[psutil.Process] = []
+        for child in fresh:
+            if prune is None or not prune(child, root.pid):
                 found.append(child)
                 todo.append(child)
+        while todo:
+            parent = todo.pop()
+            for child in children(parent):
+                if prune is None or not prune(child, parent.pid):
+                    found.append(child)
+                    todo.append(child)
     return found
+
+
+#: How many times `descendants` reads the root's children, at most: more only while a
+#: chain keeps handing it new ones (a caller that must see all of it, `terminate`,
+#: lists again until it stops).
+_ROOT_READS = 4
 
 
 def tag_of(proc: psutil.Process) -> str | None:
