@@ -164,13 +164,23 @@ def _run(invocation: Invocation) -> int:
         return _error(problem, 127)
     assert resolved is not None
     claude = resolved
-    import trio
-
     if wants_stream_json_input(invocation.claude_args):
+        # The CLI first, so that it boots while trio and the relay are imported.
+        from ._launch import prestart
+        from ._policy import TREE_GRACE
+
+        policy = invocation.config.policy
+        early = prestart(
+            [claude, *invocation.claude_args], kill_timeout=policy.kill_timeout, grace=TREE_GRACE
+        )
+        import trio
+
         from ._relay import Relay
 
-        relay = Relay(invocation.config, claude, invocation.claude_args, STARTED_BY)
+        relay = Relay(invocation.config, claude, invocation.claude_args, STARTED_BY, early)
         return trio.run(relay.run)
+    import trio
+
     from ._passthrough import run_passthrough
 
     try:

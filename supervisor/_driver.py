@@ -28,6 +28,8 @@ import trio
 
 from . import _machine as m
 from ._framing import Frame
+from ._helper import shared_hub
+from ._launch import Prestarted
 from ._process import CliProcess, RelayPart
 from ._report import CancelReport
 
@@ -50,6 +52,7 @@ class Driver:
         cancel_done: Callable[[CancelReport | None], None] = lambda report: None,
         deliver_part: RelayPart | None = None,
         turn_queued: Callable[[int], None] = lambda turn: None,
+        early: Prestarted | None = None,
     ) -> None:
         self.machine = machine
         self._claude = claude
@@ -61,6 +64,13 @@ class Driver:
         self._deliver_part = deliver_part
         self._turn_queued = turn_queued
         self._process: CliProcess | None = None
+        # The first CLI, started before trio was imported (`_launch.prestart`): used if
+        # the machine's first spawn asks for exactly it. Its hub is the shared one.
+        self._early = early
+        if early is not None and not shared_hub().adopt(early.process, early.control):
+            early.control.close()
+            early.discard()
+            self._early = None
         self._nursery: trio.Nursery | None = None
         self._timer = trio.CancelScope()
         self.first_spawn = trio.Event()  # set once the first CLI started, or failed to
@@ -151,6 +161,10 @@ class Driver:
 
     def _spawn(self, args: Sequence[str]) -> None:
         assert self._nursery is not None
+        early, self._early = self._early, None
+        if early is not None and early.args != (self._claude, *args):
+            early.discard()
+            early = None
         self._process = CliProcess(
             [self._claude, *args],
             cwd=self._cwd,
@@ -159,6 +173,7 @@ class Driver:
             max_line_bytes=self._max_line_bytes,
             emit=self.dispatch,
             relay_part=self._deliver_part,
+            early=early,
         )
         self._nursery.start_soon(self._process.run)
 

@@ -28,9 +28,10 @@ from collections.abc import Callable, Mapping, Sequence
 import psutil
 import trio
 
-from . import _hub as hub_process
+from . import _launch as hub_process
 from . import _tree as tree
 from ._framing import LineSplitter
+from ._launch import Prestarted
 from ._policy import REAP_GRACE, TREE_GRACE
 
 #: A report of the hub about one run, one JSON object (see `_hub`).
@@ -94,6 +95,14 @@ class Hub:
                     if attempt:
                         raise
             raise AssertionError("unreachable")
+
+    def adopt(self, process: subprocess.Popen[bytes], control: socket.socket) -> bool:
+        """Makes a hub started early (`_launch.prestart`) this one, if it has none yet."""
+        with self._lock:
+            if self._process is not None:
+                return False
+            self._process, self._control = process, control
+            return True
 
     def _stop(self) -> subprocess.Popen[bytes] | None:
         """Lets go of the hub: it sees end-of-file, kills what is left, and exits.
@@ -363,13 +372,28 @@ async def start_run(
     cwd: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     pipes: bool = True,
+    early: Prestarted | None = None,
 ) -> HubRun:
     """Starts `cli` through `hub` (started if need be); raises OSError if it cannot.
 
     With `pipes`, the CLI gets three new pipes (`HubRun.stdin`...), else ours. The
     CLI's outcome (`spawned`, or `spawn_failed`) comes through `HubRun.read_status`.
+    `early` is this very run, asked of `hub` before trio ran (`_launch.prestart`): it
+    is taken over as it is.
     """
-    tag = tree.new_tag()  # marks every process of this run's tree
+    if early is not None:
+        early.sock.setblocking(False)
+        stdin, stdout, stderr = (trio.lowlevel.FdStream(fd) for fd in early.fds)
+        return HubRun(
+            hub,
+            early.sock,
+            early.process.pid,
+            tag=early.tag,
+            started=early.started,
+            kill_timeout=kill_timeout,
+            stdio=(stdin, stdout, stderr),
+        )
+    tag = hub_process.new_tag()  # marks every process of this run's tree
     started = time.time() - 1.0  # creation times are rounded: a margin
     request = hub_process.spawn_request(
         cli,

@@ -66,7 +66,6 @@ import os
 import selectors
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Generator, Mapping, Sequence
@@ -75,91 +74,19 @@ from typing import Any
 import psutil
 
 from . import _tree as tree
+from ._launch import (
+    HUB_PID_VARIABLE,
+    KILL_REQUEST,
+    STDIO,
+    new_tag,
+    open_session,
+    spawn_request,
+)
+from ._launch import start as start
 
-#: Set in each CLI's environment to the hub's pid (the executable's recursion guard).
-HUB_PID_VARIABLE = "CLAUDE_SUPERVISOR_HELPER_PID"
-
-#: The request that kills a session's tree (its CLI first with SIGTERM, see `_tree`).
-KILL_REQUEST = b'{"op": "kill"}\n'
-
-#: The descriptors a spawn request carries: the CLI's stdin, stdout and stderr.
-STDIO = 3
+__all__ = ["KILL_REQUEST", "BlockingSession", "main", "start"]
 
 _RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
-
-_BOOT = (
-    "import sys; sys.path.insert(0, sys.argv[1]); from supervisor._hub import main; "
-    "sys.exit(main(sys.argv[2:]))"
-)
-
-
-def command(control_fd: int) -> list[str]:
-    """The command line of a hub that talks over the socket `control_fd`."""
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    # -I: no user site, no PYTHON* variables, no script directory on sys.path.
-    return [sys.executable, "-I", "-c", _BOOT, package_parent, str(control_fd)]
-
-
-def start(
-    *, new_session: bool = True, process_group: int | None = None
-) -> tuple[subprocess.Popen[bytes], socket.socket]:
-    """Starts a hub; returns it and the host's end of its control socket.
-
-    With `new_session` the hub (and so every CLI) runs in a session of its own, so a
-    terminal's Ctrl-C reaches none; else in `process_group` (see `subprocess.Popen`).
-    """
-    control, theirs = socket.socketpair()
-    try:
-        process = subprocess.Popen(
-            command(theirs.fileno()),
-            pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            cwd="/",
-            start_new_session=new_session,
-            process_group=None if new_session else process_group,
-        )
-    except BaseException:
-        control.close()
-        raise
-    finally:
-        theirs.close()
-    return process, control
-
-
-def open_session(control: socket.socket) -> socket.socket:
-    """A new session's socket; its other end goes to the hub over `control`."""
-    mine, theirs = socket.socketpair()
-    try:
-        socket.send_fds(control, [b"s"], [theirs.fileno()])
-    except BaseException:
-        mine.close()
-        raise
-    finally:
-        theirs.close()
-    return mine
-
-
-def spawn_request(
-    args: Sequence[str],
-    *,
-    env: Mapping[str, str],
-    cwd: str,
-    tag: str,
-    kill_timeout: float,
-    grace: float,
-) -> bytes:
-    """What asks the hub to run `args`; send it with the CLI's stdin, stdout, stderr."""
-    request = {
-        "op": "spawn",
-        "args": list(args),
-        "env": dict(env),
-        "cwd": cwd,
-        "tag": tag,
-        "kill_timeout": kill_timeout,
-        "grace": grace,
-    }
-    return json.dumps(request).encode() + b"\n"
 
 
 class BlockingSession:
@@ -176,7 +103,7 @@ class BlockingSession:
         env: Mapping[str, str] | None = None,
         stdio: Sequence[int] = (0, 1, 2),
     ) -> None:
-        self.tag = tag or tree.new_tag()
+        self.tag = tag or new_tag()
         self.sock = open_session(control)
         request = spawn_request(
             args,

@@ -33,6 +33,7 @@ from ._framing import (
     starts_an_object,
 )
 from ._helper import HubRun, Report, shared_hub, start_run
+from ._launch import Prestarted
 from ._machine import BadLine, CliExited, CliSpawned, Event, FromCli, SpawnFailed
 
 #: How much of the CLI's stderr is kept to explain a failure.
@@ -79,8 +80,10 @@ class CliProcess:
         max_line_bytes: int,
         emit: Callable[[Event], None],
         relay_part: RelayPart | None = None,
+        early: Prestarted | None = None,
     ) -> None:
         self._args = list(args)
+        self._early = early  # this run, started before trio ran (`_launch.prestart`)
         self._cwd = cwd
         self._env = dict(env) if env is not None else None
         self._kill_timeout = kill_timeout
@@ -153,6 +156,7 @@ class CliProcess:
                 kill_timeout=self._kill_timeout,
                 cwd=self._cwd,
                 env=self._env,
+                early=self._early,
             )
         except OSError as exc:
             self._emit(SpawnFailed(f"cannot start the supervisor's helper: {exc}"))

@@ -35,6 +35,7 @@ from ._framing import (
     decode_line,
 )
 from ._inbound import user_event
+from ._launch import Prestarted
 from ._process import ReadDone
 from ._report import CancelReport
 
@@ -58,7 +59,12 @@ _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 class Relay:
     def __init__(
-        self, config: WrapperConfig, claude: str, claude_args: Sequence[str], parent: int
+        self,
+        config: WrapperConfig,
+        claude: str,
+        claude_args: Sequence[str],
+        parent: int,
+        early: Prestarted | None = None,
     ) -> None:
         self._config = config
         self._parent = parent
@@ -72,6 +78,7 @@ class Relay:
             deliver=self._deliver,
             cancel_done=self._record_report,
             deliver_part=self._deliver_part,
+            early=early,
         )
         # What is to be written to stdout, in pieces, oldest first: written by one task,
         # `_write_stdout`, as many pieces at once as are ready (one system call).

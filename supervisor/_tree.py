@@ -33,11 +33,12 @@ import os
 import signal
 import sys
 import time
-import uuid
 from collections.abc import Callable, Collection, Generator, Iterable, Mapping
 from typing import TypeVar, cast
 
 import psutil
+
+from ._launch import TAG_VARIABLE as TAG_VARIABLE
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -484,14 +485,6 @@ def turn_processes(
 
 
 # ------------------------------------------------------------- a helper that died
-
-#: Set, in the CLI's environment, to a token unique to one helper run: every process of
-#: the tree inherits it, so that the tree can still be found if the helper is SIGKILLed.
-TAG_VARIABLE = "CLAUDE_SUPERVISOR_TREE"
-
-
-def new_tag() -> str:
-    return uuid.uuid4().hex
 
 
 def tagged(tag: str, since: float) -> list[psutil.Process]:
