@@ -27,7 +27,7 @@ import psutil
 
 from supervisor import (
     _hub,  # read-only: the hub, run as the library runs it
-    _tree,  # read-only: a subreaper
+    _launch,
 )
 from supervisor._policy import TREE_GRACE
 
@@ -168,7 +168,7 @@ def main() -> None:
     token = uuid.uuid4().hex
     env = bench_env(token)
     # Orphans of the killpg baseline come to us, so that we reap them (not init).
-    _tree.become_subreaper()
+    _launch.become_subreaper()
     comparisons: list[Json] = []
     series: Json = {"sizes": sizes, "kill_grace_s": KILL_GRACE, "points": []}
     try:

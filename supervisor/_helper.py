@@ -19,7 +19,6 @@ import functools
 import json
 import os
 import socket
-import subprocess
 import threading
 import time
 import weakref
@@ -31,7 +30,7 @@ import trio
 from . import _launch as hub_process
 from . import _tree as tree
 from ._framing import LineSplitter
-from ._launch import Prestarted
+from ._launch import HubProcess, Prestarted
 from ._policy import REAP_GRACE, TREE_GRACE
 
 #: A report of the hub about one run, one JSON object (see `_hub`).
@@ -48,7 +47,7 @@ class Hub:
         self._new_session = new_session
         self._process_group = process_group
         self._lock = threading.Lock()  # trio runs in several threads may share it
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: HubProcess | None = None
         self._control: socket.socket | None = None
         self._users = 0
         #: The pids of the CLIs of this hub's live runs: a session's listing skips
@@ -67,7 +66,7 @@ class Hub:
             self._users += 1
         return Lease(self)
 
-    def _release(self) -> subprocess.Popen[bytes] | None:
+    def _release(self) -> HubProcess | None:
         """One lease fewer; the last one lets go of the hub, returned to be waited for."""
         with self._lock:
             self._users -= 1
@@ -96,7 +95,7 @@ class Hub:
                         raise
             raise AssertionError("unreachable")
 
-    def adopt(self, process: subprocess.Popen[bytes], control: socket.socket) -> bool:
+    def adopt(self, process: HubProcess, control: socket.socket) -> bool:
         """Makes a hub started early (`_launch.prestart`) this one, if it has none yet."""
         with self._lock:
             if self._process is not None:
@@ -104,7 +103,7 @@ class Hub:
             self._process, self._control = process, control
             return True
 
-    def _stop(self) -> subprocess.Popen[bytes] | None:
+    def _stop(self) -> HubProcess | None:
         """Lets go of the hub: it sees end-of-file, kills what is left, and exits.
 
         Returns the hub if it still runs, for the caller to wait for.
@@ -126,7 +125,7 @@ class Hub:
         self.clis = set()
 
 
-def _reap_in_background(process: subprocess.Popen[bytes] | None) -> None:
+def _reap_in_background(process: HubProcess | None) -> None:
     """Reaps `process` from a thread of its own (at interpreter exit no thread can
     start: the hub, if it still runs then, is left to init)."""
     if process is not None:
@@ -134,7 +133,7 @@ def _reap_in_background(process: subprocess.Popen[bytes] | None) -> None:
             threading.Thread(target=_wait_for, args=(process,), daemon=True).start()
 
 
-def _wait_for(process: subprocess.Popen[bytes], timeout: float | None = None) -> None:
+def _wait_for(process: HubProcess, timeout: float | None = None) -> None:
     with contextlib.suppress(Exception):
         process.wait(timeout)
 

@@ -78,6 +78,8 @@ from ._launch import (
     HUB_PID_VARIABLE,
     KILL_REQUEST,
     STDIO,
+    become_subreaper,
+    fork_exec,
     new_tag,
     open_session,
     spawn_request,
@@ -172,7 +174,7 @@ class _Hub:
             signal.signal(signum, _nothing)  # not SIG_IGN: the CLI would inherit that
         for signum in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self._on_stop_signal)
-        tree.become_subreaper()
+        become_subreaper()
 
     # ---------------------------------------------------------------- the loop
 
@@ -258,15 +260,19 @@ class _Hub:
             if self.stopping:
                 session_sock.close()
                 continue
-            session_sock.setblocking(False)
-            self.sessions[session_sock] = _Session(session_sock)
-            self.selector.register(session_sock, selectors.EVENT_READ, self._on_session)
+            self._add_session(session_sock)
         if not data and not fds:
             # The host has no session left, or is dead: end every tree, then exit.
             self.selector.unregister(sock)
             sock.close()
             self.control = None
             self.stopping = True
+
+    def _add_session(self, sock: socket.socket) -> _Session:
+        sock.setblocking(False)
+        session = self.sessions[sock] = _Session(sock)
+        self.selector.register(sock, selectors.EVENT_READ, self._on_session)
+        return session
 
     def _on_session(self, sock: socket.socket) -> None:
         session = self.sessions[sock]
@@ -327,15 +333,21 @@ class _Hub:
         try:
             if len(stdio) != STDIO or not args:
                 raise OSError(0, "the spawn request came without its pipes or arguments")
-            pid = _fork_exec(args, env, str(request.get("cwd") or "/"), stdio)
+            pid = fork_exec(args, env, str(request.get("cwd") or "/"), stdio)
         except OSError as exc:
-            error = f"cannot run {args[0] if args else ''!r}: {exc.strerror or exc}"
-            self._send(session, event="spawn_failed", error=error)
-            session.ended = True
+            self._spawn_failed(session, args, exc)
             return
         finally:
             for fd in stdio:
                 os.close(fd)
+        self._spawned(session, pid)
+
+    def _spawn_failed(self, session: _Session, args: Sequence[str], exc: OSError) -> None:
+        error = f"cannot run {args[0] if args else ''!r}: {exc.strerror or exc}"
+        self._send(session, event="spawn_failed", error=error)
+        session.ended = True
+
+    def _spawned(self, session: _Session, pid: int) -> None:
         session.cli = pid
         self.clis[pid] = session
         # Not reaped yet (only this thread reaps), so the pid is still the CLI's.
@@ -390,73 +402,33 @@ def _nothing(signum: int, frame: object) -> None:
     pass
 
 
-def _fork_exec(args: list[str], env: dict[str, str], cwd: str, stdio: Sequence[int]) -> int:
-    """Forks and execs the CLI with `stdio` as its 0, 1, 2; raises OSError if it cannot.
-
-    Between fork and exec: default handling of the signals the hub catches or Python
-    ignores, a parent-death signal of SIGKILL (sound: the hub forks from its only
-    thread), and no other descriptor.
-    """
-    hub = os.getpid()
-    error_read, error_write = os.pipe()  # close-on-exec: end-of-file means exec worked
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover (the child)
-        code = 127
-        try:
-            signal.set_wakeup_fd(-1)
-            for signum in _RESET_SIGNALS:
-                signal.signal(signum, signal.SIG_DFL)
-            tree.set_parent_death_signal(signal.SIGKILL)
-            if os.getppid() != hub:
-                code = 1
-                raise OSError(0, "the hub died")
-            os.chdir(cwd)
-            for target, fd in enumerate(stdio):
-                os.dup2(fd, target)
-            os.closerange(STDIO, error_write)
-            os.closerange(error_write + 1, _max_fd())
-            os.execvpe(args[0], args, env)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.write(error_write, f"{exc.errno or 0}:{exc.strerror or exc}".encode())
-        finally:
-            os._exit(code)
-    os.close(error_write)
-    try:
-        chunks = []
-        while chunk := os.read(error_read, 4096):
-            chunks.append(chunk)
-    finally:
-        os.close(error_read)
-    if chunks:
-        number, _, message = b"".join(chunks).decode(errors="replace").partition(":")
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-        raise OSError(int(number or 0), message)
-    return pid
-
-
-_RESET_SIGNALS = [
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGCHLD,
-    signal.SIGPIPE,
-    *([signal.SIGXFSZ] if hasattr(signal, "SIGXFSZ") else []),
-]
-
-
-def _max_fd() -> int:
-    try:
-        return int(os.sysconf("SC_OPEN_MAX"))
-    except (OSError, ValueError):
-        return 4096
-
-
 def main(argv: Sequence[str]) -> int:
     control = socket.socket(fileno=int(argv[0]))
     return _Hub(control).run()
+
+
+def run_prestarted(
+    control: socket.socket,
+    sock: socket.socket,
+    *,
+    args: Sequence[str],
+    cli: int | OSError,
+    tag: str,
+    kill_timeout: float,
+    grace: float,
+) -> int:
+    """The hub's loop, with a first session whose CLI was forked before it began (the
+    CLI's pid, or why it could not start), as if asked on `sock` (`_launch.prestart`)."""
+    hub = _Hub(control)
+    session = hub._add_session(sock)
+    session.started = True
+    session.tag, session.kill_timeout, session.grace = tag, kill_timeout, grace
+    hub.grace = grace
+    if isinstance(cli, OSError):
+        hub._spawn_failed(session, args, cli)
+    else:
+        hub._spawned(session, cli)
+    return hub.run()
 
 
 def _receive(sock: socket.socket, size: int, max_fds: int) -> tuple[bytes, list[int]] | None:

@@ -12,14 +12,20 @@ request with the CLI's three pipes attached), is in `_hub`.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
+import select
+import signal
 import socket
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 #: Set in each CLI's environment to the hub's pid (the executable's recursion guard).
 HUB_PID_VARIABLE = "CLAUDE_SUPERVISOR_HELPER_PID"
@@ -75,6 +81,141 @@ def start(
     return process, control
 
 
+class HubProcess(Protocol):
+    """What a host needs of its hub process: a `subprocess.Popen`, or a `Forked` one."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+class Forked:
+    """A hub forked from its host without exec (`fork`), seen as a `HubProcess`."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self.pid, 0  # reaped by someone else: gone all the same
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.poll() is None:
+            try:
+                ready = os.pidfd_open(self.pid)
+            except OSError:
+                ready = None  # already reaped (poll saw it), or no pidfd: poll below
+            if ready is not None:
+                try:
+                    if not select.select([ready], [], [], timeout)[0]:
+                        raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
+                finally:
+                    os.close(ready)
+        code = self.poll()
+        if code is None:
+            raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
+        return code
+
+
+def _max_fd() -> int:
+    try:
+        return int(os.sysconf("SC_OPEN_MAX"))
+    except (OSError, ValueError):
+        return 4096
+
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _prctl(option: int, value: int) -> bool:
+    """Calls prctl(2) on Linux; False elsewhere or on failure."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(option, value, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def set_parent_death_signal(signum: int) -> bool:
+    """Ask the kernel to send `signum` to this process when its parent dies (Linux)."""
+    return _prctl(_PR_SET_PDEATHSIG, signum)
+
+
+def become_subreaper() -> bool:
+    """Adopt the orphans of this process's subtree (Linux)."""
+    return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def fork_exec(args: list[str], env: dict[str, str], cwd: str, stdio: Sequence[int]) -> int:
+    """Forks and execs the CLI with `stdio` as its 0, 1, 2; raises OSError if it cannot.
+
+    Between fork and exec: default handling of the signals the hub catches or Python
+    ignores, a parent-death signal of SIGKILL (sound: the hub forks from its only
+    thread), and no other descriptor.
+    """
+    hub = os.getpid()
+    error_read, error_write = os.pipe()  # close-on-exec: end-of-file means exec worked
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        code = 127
+        try:
+            signal.set_wakeup_fd(-1)
+            for signum in _RESET_SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
+            set_parent_death_signal(signal.SIGKILL)
+            if os.getppid() != hub:
+                code = 1
+                raise OSError(0, "the hub died")
+            os.chdir(cwd)
+            for target, fd in enumerate(stdio):
+                os.dup2(fd, target)
+            os.closerange(STDIO, error_write)
+            os.closerange(error_write + 1, _max_fd())
+            os.execvpe(args[0], args, env)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.write(error_write, f"{exc.errno or 0}:{exc.strerror or exc}".encode())
+        finally:
+            os._exit(code)
+    os.close(error_write)
+    try:
+        chunks = []
+        while chunk := os.read(error_read, 4096):
+            chunks.append(chunk)
+    finally:
+        os.close(error_read)
+    if chunks:
+        number, _, message = b"".join(chunks).decode(errors="replace").partition(":")
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        raise OSError(int(number or 0), message)
+    return pid
+
+
+_RESET_SIGNALS = [
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGCHLD,
+    signal.SIGPIPE,
+    *([signal.SIGXFSZ] if hasattr(signal, "SIGXFSZ") else []),
+]
+
+
 def open_session(control: socket.socket) -> socket.socket:
     """A new session's socket; its other end goes to the hub over `control`."""
     mine, theirs = socket.socketpair()
@@ -125,7 +266,7 @@ class Prestarted:
     """
 
     args: tuple[str, ...]
-    process: subprocess.Popen[bytes]
+    process: HubProcess
     control: socket.socket
     sock: socket.socket
     tag: str
@@ -139,34 +280,80 @@ class Prestarted:
             os.close(fd)
 
 
-def prestart(
-    args: Sequence[str], *, kill_timeout: float, grace: float, new_session: bool = True
-) -> Prestarted | None:
-    """Starts a hub and has it run `args` at once, with new pipes; None if it cannot
-    (the ordinary start, later, then says why)."""
+def prestart(args: Sequence[str], *, kill_timeout: float, grace: float) -> Prestarted | None:
+    """Starts a hub that runs `args` at once, with new pipes; None if it cannot (the
+    ordinary start, later, then says why).
+
+    The hub is a fork of this process, without exec, and it forks the CLI before it
+    imports anything or enters its loop (`_hub.run_prestarted`): the CLI starts a few
+    milliseconds after the call, where `start` and a spawn request cost tens (a new
+    interpreter, psutil). Only for a process with one thread and nothing to tear down
+    (the executable, before trio): the hub runs on a copy of it and leaves by `os._exit`.
+    """
     tag = new_tag()
     started = time.time() - 1.0  # creation times are rounded: a margin
     pipes = [os.pipe() for _ in range(STDIO)]
     ours = (pipes[0][1], pipes[1][0], pipes[2][0])
-    theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
+    theirs = (pipes[0][0], pipes[1][1], pipes[2][1])
+    control, hub_control = socket.socketpair()
+    sock, hub_sock = socket.socketpair()
     try:
-        process, control = start(new_session=new_session)
-        try:
-            sock = open_session(control)
-            request = spawn_request(
-                args, env=os.environ, cwd=os.getcwd(), tag=tag,
-                kill_timeout=kill_timeout, grace=grace,
-            )  # fmt: skip
-            sent = socket.send_fds(sock, [request], theirs)
-            sock.sendall(request[sent:])
-        except BaseException:
-            control.close()  # the hub sees it and exits
-            raise
+        pid = os.fork()
     except OSError:
-        for fd in ours:
+        for fd in (*ours, *theirs):
             os.close(fd)
+        for end in (control, hub_control, sock, hub_sock):
+            end.close()
         return None
-    finally:
-        for fd in theirs:
-            os.close(fd)  # the hub has its own copies now (or never will)
-    return Prestarted(tuple(args), process, control, sock, tag, started, ours)
+    if pid == 0:  # pragma: no cover (the hub)
+        code = 1
+        try:
+            control.close()
+            sock.close()
+            for fd in ours:
+                os.close(fd)
+            code = _prestarted_hub(args, theirs, hub_control, hub_sock, tag, kill_timeout, grace)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    for fd in theirs:
+        os.close(fd)
+    hub_control.close()
+    hub_sock.close()
+    return Prestarted(tuple(args), Forked(pid), control, sock, tag, started, ours)
+
+
+def _prestarted_hub(
+    args: Sequence[str],
+    stdio: Sequence[int],
+    control: socket.socket,
+    sock: socket.socket,
+    tag: str,
+    kill_timeout: float,
+    grace: float,
+) -> int:  # pragma: no cover (runs in the hub)
+    """The hub of `prestart`: the CLI first, then the usual loop with it as a session."""
+    os.setsid()  # as `start` does: a terminal's Ctrl-C reaches neither hub nor CLI
+    become_subreaper()
+    env = {**os.environ, HUB_PID_VARIABLE: str(os.getpid()), TAG_VARIABLE: tag}
+    cli: int | OSError
+    try:
+        cli = fork_exec(list(args), env, os.getcwd(), stdio)
+    except OSError as exc:
+        cli = exc
+    for fd in stdio:
+        os.close(fd)
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    low, high = sorted((control.fileno(), sock.fileno()))
+    os.closerange(3, low)
+    os.closerange(low + 1, high)
+    os.closerange(high + 1, _max_fd())
+    from . import _hub
+
+    return _hub.run_prestarted(
+        control, sock, args=args, cli=cli, tag=tag, kill_timeout=kill_timeout, grace=grace
+    )

@@ -27,11 +27,9 @@ start fast (not load trio).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Collection, Generator, Iterable, Mapping
 from typing import TypeVar, cast
@@ -40,9 +38,6 @@ import psutil
 
 from ._launch import TAG_VARIABLE as TAG_VARIABLE
 
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
-
 Identity = tuple[int, float]  # (pid, creation time): a process, safe against pid reuse
 
 # What reading a process that is going away can raise. psutil turns a vanished /proc
@@ -50,27 +45,6 @@ Identity = tuple[int, float]  # (pid, creation time): a process, safe against pi
 # again; in a fork chain a new process may already hold the pid, and the raw
 # FileNotFoundError escapes (seen in CI, `psutil.Process(pid)` racing a dying link).
 GONE = (psutil.Error, OSError)
-
-
-def _prctl(option: int, value: int) -> bool:
-    """Calls prctl(2) on Linux; False elsewhere or on failure."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(option, value, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
-
-
-def set_parent_death_signal(signum: int) -> bool:
-    """Ask the kernel to send `signum` to this process when its parent dies (Linux)."""
-    return _prctl(_PR_SET_PDEATHSIG, signum)
-
-
-def become_subreaper() -> bool:
-    """Adopt the orphans of this process's subtree (Linux)."""
-    return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
 
 def identity(proc: psutil.Process) -> Identity | None:
