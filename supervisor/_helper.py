@@ -53,6 +53,8 @@ class Hub:
         #: The pids of the CLIs of this hub's live runs: a session's listing skips
         #: them without reading their environment (see `_tree.SessionFilter`).
         self.clis: set[int] = set()
+        #: The tags of the hub's processes, as read so far (see `_tree.SessionFilter`).
+        self.tags: dict[tree.Identity, str] = {}
 
     @property
     def pid(self) -> int | None:
@@ -123,6 +125,7 @@ class Hub:
         self._control = self._process = None
         self._users = 0
         self.clis = set()
+        self.tags = {}
 
 
 def _reap_in_background(process: HubProcess | None) -> None:
@@ -267,16 +270,27 @@ class HubRun:
         keep = {self.cli.pid} if self.cli is not None else set()
         others = frozenset(self._hub.clis)
 
+        tags = self._hub.tags
+
         def listing() -> list[psutil.Process]:
-            return tree.turn_processes(hub_pid, before, keep, tag=tag, others=others)
+            return tree.turn_processes(hub_pid, before, keep, tag=tag, others=others, tags=tags)
+
+        def seize() -> list[psutil.Process]:
+            return tree.turn_processes(
+                hub_pid, before, keep, tag=tag, others=others, tags=tags,
+                seen_one=tree.stop_on_sight,
+            )  # fmt: skip
 
         # The common case is a turn that left nothing: two empty listings in a row (the
-        # freeze rule's "nothing new twice", which a fork chain cannot slip through both
-        # times) settle it here, a bounded walk of our own tree with no thread and no
-        # sleep, so that hundreds of sessions cancelled at once do not queue on threads.
-        if not listing() and not listing():
+        # freeze rule's "nothing new twice"; each stops what it finds at once, so a fork
+        # chain's link seen by either is held) settle it here, a bounded walk of our own
+        # tree with no thread and no sleep, so that hundreds of sessions cancelled at
+        # once do not queue on threads.
+        if not seize() and not seize():
             return 0
-        kill = functools.partial(tree.terminate, listing, self._kill_timeout, grace=TREE_GRACE)
+        kill = functools.partial(
+            tree.terminate, listing, self._kill_timeout, grace=TREE_GRACE, seize=seize
+        )
         return await trio.to_thread.run_sync(kill)
 
     async def read_status(self, on_report: Callable[[Report], None] = lambda r: None) -> None:

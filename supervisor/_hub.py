@@ -68,7 +68,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any
 
 import psutil
@@ -366,8 +366,11 @@ class _Hub:
         def listing() -> list[psutil.Process]:
             return self._tree_of(session)
 
+        def seize() -> list[psutil.Process]:
+            return self._tree_of(session, tree.stop_on_sight)
+
         killed = yield from tree.terminate_steps(
-            listing, session.kill_timeout, grace=session.grace, reap=self._reap
+            listing, session.kill_timeout, grace=session.grace, reap=self._reap, seize=seize
         )
         # What is still the session's (a zombie): reap it, but never wait without a
         # deadline on a process that may not die (stuck in the kernel).
@@ -390,12 +393,14 @@ class _Hub:
         if not session.connected:
             self._forget(session)
 
-    def _tree_of(self, session: _Session) -> list[psutil.Process]:
+    def _tree_of(
+        self, session: _Session, seen_one: Callable[[psutil.Process], None] | None = None
+    ) -> list[psutil.Process]:
         """The session's processes: its CLI and its tagged orphans, with their trees."""
         mine = tree.SessionFilter(
             self.me, cli=session.cli, tag=session.tag, others=self.clis, tags=self.tags
         )
-        return mine.listing()
+        return mine.listing(seen_one)
 
 
 def _nothing(signum: int, frame: object) -> None:

@@ -77,11 +77,14 @@ def _child_pids(pid: int) -> list[int] | None:
 
 
 def children(
-    proc: psutil.Process, skip: Callable[[int], bool] | None = None
+    proc: psutil.Process,
+    skip: Callable[[int], bool] | None = None,
+    sighted: Callable[[psutil.Process], None] | None = None,
 ) -> list[psutil.Process]:
-    """The children of `proc`, zombies included; [] if it is gone.
+    """The children of `proc`, zombies included, newest first; [] if it is gone.
 
-    Pids for which `skip` is true are left out before anything is read about them.
+    Pids for which `skip` is true are left out before anything is read about them;
+    `sighted` is called with each other one as soon as it is a `psutil.Process`.
     """
     pids = _child_pids(proc.pid)
     if pids is None:
@@ -90,11 +93,13 @@ def children(
         except GONE:
             return []
     found = []
-    for pid in pids:
+    for pid in reversed(pids):  # newest first (see `descendants`)
         if skip is not None and skip(pid):
             continue
         try:
             child = psutil.Process(pid)
+            if sighted is not None:
+                sighted(child)
             # The pid was read before the process object was made: if it was reused in
             # between, the newcomer is not our child (unless it is, and then it counts).
             if child.ppid() == proc.pid:
@@ -109,12 +114,19 @@ def descendants(
     *,
     prune: Callable[[psutil.Process, int], bool] | None = None,
     skip: Callable[[int], bool] | None = None,
+    seen_one: Callable[[psutil.Process], None] | None = None,
+    sighted: Callable[[psutil.Process], None] | None = None,
 ) -> list[psutil.Process]:
     """Every live descendant of `pid`, parents before children; [] if `pid` is gone.
 
     A process for which `prune(process, its parent's pid)` is true is left out, with
     its whole subtree; so is a child of `pid` itself whose pid `skip` rejects, before
     anything is read about it (a hub's children: the other sessions' CLIs).
+
+    `seen_one` is called with each process as soon as it is found, before the walk goes
+    on (`stop_on_sight`). The root's children are looked at newest first: that is where
+    a fork chain's live link is; `sighted` is called with each of them before anything
+    else is read about it (`SessionFilter.listing`).
     """
     try:
         root = psutil.Process(pid)
@@ -126,22 +138,35 @@ def descendants(
         # The root's children again, after the walk below them: a process that exited
         # while it was walked has handed its children to the root (a subreaper), which
         # had already been read. A fork chain does this at every link.
-        fresh = [c for c in children(root, skip) if c.pid not in seen]
+        fresh = [c for c in children(root, skip, sighted) if c.pid not in seen]
         if not fresh:
             break
         seen.update(c.pid for c in fresh)
         todo: list[psutil.Process] = []
         for child in fresh:
             if prune is None or not prune(child, root.pid):
+                if seen_one is not None:
+                    seen_one(child)
                 found.append(child)
                 todo.append(child)
         while todo:
             parent = todo.pop()
             for child in children(parent):
                 if prune is None or not prune(child, parent.pid):
+                    if seen_one is not None:
+                        seen_one(child)
                     found.append(child)
                     todo.append(child)
     return found
+
+
+def stop_on_sight(proc: psutil.Process) -> None:
+    """SIGSTOP at once (a `seen_one` for `descendants`), for the listings that freeze a
+    tree: a fork chain's link lives about a millisecond, less than a listing of a tree
+    with a few dozen processes takes, so stopping what a listing gave once it is done
+    can come too late for every link, listing after listing."""
+    with contextlib.suppress(psutil.Error):
+        proc.send_signal(signal.SIGSTOP)
 
 
 #: How many times `descendants` reads the root's children, at most: more only while a
@@ -181,6 +206,32 @@ class SessionFilter:
     ) -> None:
         self.hub, self.cli, self.tag, self.others, self.tags = hub, cli, tag, others, tags
         self._unsure: set[int] = set()  # this listing's unreadable hub children
+        self._held: dict[int, psutil.Process] = {}  # stopped before their tag was read
+
+    def _hold(self, proc: psutil.Process) -> None:
+        """Stops a hub child whose tag is not known yet, before reading it (freezing).
+
+        Reading a process's environment waits while it forks (the kernel holds its
+        memory map), and a fork chain's link does little else: by the time its tag is
+        read, the link has forked the next one and exited, listing after listing. So a
+        freezing listing stops first and reads after; `prune` lets go (SIGCONT) of what
+        turns out not to be the session's: another session's orphan, seen once (its tag
+        is then remembered), is held for the time of one read.
+        """
+        if proc.pid == self.cli or self.tags is None:
+            return
+        ident = identity(proc)
+        if ident is None or ident in self.tags:
+            return
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(signal.SIGSTOP)
+            self._held[proc.pid] = proc
+
+    def _let_go(self, proc: psutil.Process) -> None:
+        held = self._held.pop(proc.pid, None)
+        if held is not None:
+            with contextlib.suppress(psutil.Error):
+                held.send_signal(signal.SIGCONT)
 
     def skip(self, pid: int) -> bool:
         return pid != self.cli and pid in self.others
@@ -203,19 +254,57 @@ class SessionFilter:
                 # Walked into but never listed: its children say by their own tag
                 # whose they are.
                 self._unsure.add(proc.pid)
+                self._let_go(proc)
                 return False
-            tag = environ.get(TAG_VARIABLE)
-            if tag is not None and ident is not None and self.tags is not None:
+            tag = environ.get(TAG_VARIABLE) or ""
+            if ident is not None and self.tags is not None:
                 if len(tags) > 100_000:
                     tags.clear()
                 tags[ident] = tag
-        return tag != self.tag
+        if tag != self.tag:
+            self._let_go(proc)
+            return True
+        return False
 
-    def listing(self) -> list[psutil.Process]:
-        """The session's processes now, parents before children."""
-        self._unsure = set()
-        found = descendants(self.hub, prune=self.prune, skip=self.skip)
+    def listing(
+        self, seen_one: Callable[[psutil.Process], None] | None = None
+    ) -> list[psutil.Process]:
+        """The session's processes now, parents before children (see `walk`)."""
+        found = self.walk(self.prune, seen_one)
         return [proc for proc in found if proc.pid not in self._unsure]
+
+    def walk(
+        self,
+        prune: Callable[[psutil.Process, int], bool],
+        seen_one: Callable[[psutil.Process], None] | None = None,
+        wanted: Callable[[psutil.Process], bool] = lambda proc: True,
+    ) -> list[psutil.Process]:
+        """`descendants` of the hub, with `prune` (which must call `self.prune` first).
+
+        With `seen_one` (a freezing listing, see `stop_on_sight`), called for the
+        `wanted` processes found, the hub's children are held (`_hold`) until their tag
+        is read; those `seen_one` is called for stay stopped, and every other one is
+        let go before this returns.
+        """
+        self._unsure = set()
+        self._held = {}
+
+        def seen(proc: psutil.Process) -> None:
+            if seen_one is not None and proc.pid not in self._unsure and wanted(proc):
+                self._held.pop(proc.pid, None)
+                seen_one(proc)
+
+        try:
+            return descendants(
+                self.hub,
+                prune=prune,
+                skip=self.skip,
+                seen_one=None if seen_one is None else seen,
+                sighted=None if seen_one is None else self._hold,
+            )
+        finally:
+            for proc in list(self._held.values()):
+                self._let_go(proc)
 
 
 def snapshot(
@@ -255,12 +344,13 @@ def terminate(
     *,
     grace: float,
     reap: Callable[[], None] | None = None,
+    seize: Callable[[], Iterable[psutil.Process]] | None = None,
 ) -> int:
     """Kills every process `listing()` gives, until it gives none; returns how many.
 
     The blocking form of `terminate_steps`, which says how.
     """
-    return run_steps(terminate_steps(listing, timeout, grace=grace, reap=reap))
+    return run_steps(terminate_steps(listing, timeout, grace=grace, reap=reap, seize=seize))
 
 
 def terminate_steps(
@@ -269,6 +359,7 @@ def terminate_steps(
     *,
     grace: float,
     reap: Callable[[], None] | None = None,
+    seize: Callable[[], Iterable[psutil.Process]] | None = None,
 ) -> Generator[float, None, int]:
     """Kills every process `listing()` gives, until it gives none; returns how many.
 
@@ -283,9 +374,12 @@ def terminate_steps(
     blocks without a deadline on processes it is trying to kill. (`grace` is
     `_policy.TREE_GRACE`, passed in: the hub must not import the package's trio side.)
 
-    `reap` is called while waiting, by a caller that is the parent of some of them (the
-    hub), so that they do not linger as zombies. Where it waits, it yields the delay.
+    `seize`, if given, is the listing used to freeze: the same processes, each stopped
+    as soon as it is found (`stop_on_sight`). `reap` is called while waiting, by a
+    caller that is the parent of some of them (the hub), so that they do not linger as
+    zombies. Where it waits, it yields the delay.
     """
+    freezing = seize if seize is not None else listing
     start = time.monotonic()
     deadline = start + timeout + grace
     signalled: set[Identity] = set()
@@ -300,12 +394,12 @@ def terminate_steps(
                 if signum in (signal.SIGTERM, signal.SIGKILL):
                     signalled.add(ident)
 
-    frozen = yield from _freeze(listing, deadline, reap)
+    frozen = yield from _freeze(freezing, deadline, reap)
     send(frozen, signal.SIGTERM)
     send(frozen, signal.SIGCONT)
     yield from _wait_gone(listing, min(start + timeout, deadline), reap)
     while True:
-        frozen = [p for p in (yield from _freeze(listing, deadline, reap)) if running(p)]
+        frozen = [p for p in (yield from _freeze(freezing, deadline, reap)) if running(p)]
         if not frozen and (yield from _stays_empty(listing, reap)):
             break
         send(frozen, signal.SIGKILL)  # even at the deadline: never leave them stopped
@@ -421,6 +515,8 @@ def turn_processes(
     *,
     tag: str | None = None,
     others: Collection[int] = (),
+    tags: dict[Identity, str] | None = None,
+    seen_one: Callable[[psutil.Process], None] | None = None,
 ) -> list[psutil.Process]:
     """Descendants of `pid` (the hub) that the running turn's tools started.
 
@@ -431,14 +527,17 @@ def turn_processes(
     was re-parented to the hub (a tool's escaped grandchild) is a tool's. Of all
     these, only processes that did not exist in `before` count. With `tag`, `pid` is a
     hub shared by several sessions, and only this session's part of it is looked at
-    (`SessionFilter`, with the CLI in `exclude`).
+    (`SessionFilter`, with the CLI in `exclude`, and `tags` its cache). `seen_one` is
+    called as in `descendants`, for those only.
     """
     sessions: dict[int, int] = {}
     for keep in exclude:
         with contextlib.suppress(OSError):
             sessions[keep] = os.getsid(keep)
     cli = next(iter(exclude), None)
-    mine = None if tag is None else SessionFilter(pid, cli=cli, tag=tag, others=others)
+    mine = None
+    if tag is not None:
+        mine = SessionFilter(pid, cli=cli, tag=tag, others=others, tags=tags)
 
     def prune(proc: psutil.Process, parent: int) -> bool:
         if mine is not None and mine.prune(proc, parent):
@@ -450,12 +549,21 @@ def turn_processes(
         except (OSError, psutil.Error):
             return False
 
-    found = []
-    for proc in descendants(pid, prune=prune, skip=None if mine is None else mine.skip):
+    def counts(proc: psutil.Process) -> bool:
+        if proc.pid in exclude or (mine is not None and proc.pid in mine._unsure):
+            return False
         ident = identity(proc)
-        if ident is not None and ident not in before and proc.pid not in exclude:
-            found.append(proc)
-    return found
+        return ident is not None and ident not in before
+
+    def seen(proc: psutil.Process) -> None:
+        if seen_one is not None and counts(proc):
+            seen_one(proc)
+
+    if mine is not None:
+        walk = mine.walk(prune, seen_one, wanted=counts)
+    else:
+        walk = descendants(pid, prune=prune, seen_one=None if seen_one is None else seen)
+    return [proc for proc in walk if counts(proc)]
 
 
 # ------------------------------------------------------------- a helper that died

@@ -18,6 +18,7 @@ import signal
 from pathlib import Path
 
 import psutil
+import pytest
 import trio
 from conftest import cli_of, stray_processes
 from hypothesis import HealthCheck, given, settings
@@ -156,5 +157,27 @@ async def test_random_sessions_keep_every_promise(
         await wrapper.read_to_end(30)
         assert await wrapper.wait() == 0
         assert len(session.results()) == session.sent
+    finally:
+        await wrapper.kill()
+
+
+@pytest.mark.parametrize("attempt", range(3))
+async def test_a_fork_chain_does_not_outlive_the_kill_of_a_wedged_cli(
+    fake_claude: Path, home: Path, process_audit: str, attempt: int
+) -> None:
+    """The case the random sessions found: the CLI stops itself while its tool's fork
+    chain runs, so the cancel kills the whole tree while the hub is full of the
+    chain's exiting links; no link may survive into the respawned session."""
+    wrapper = await Wrapper.start(supervisor_argv(fake_claude, *FLAGS))
+    session = Session(wrapper)
+    try:
+        await session.step("send", "tool=30, wedge, forkchain=3000")
+        await session.finish()
+        cancels = [f for f in wrapper.frames if f.get("subtype") == "supervisor_cancel"]
+        assert [f["report"]["path"] for f in cancels] == ["kill"]
+        assert strays(wrapper, process_audit) == []
+        await wrapper.close_stdin()
+        await wrapper.read_to_end(30)
+        assert await wrapper.wait() == 0
     finally:
         await wrapper.kill()
