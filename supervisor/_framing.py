@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -171,6 +171,11 @@ def cheap_type(line: bytes) -> str | None:
     return match.group(1).decode("ascii") if match else None
 
 
+def cheap_types(lines: Sequence[bytes]) -> list[str | None]:
+    """`cheap_type` of each line, in one pass: the CLI's reader asks it of every line."""
+    return [m[1].decode("ascii") if m else None for m in map(_TYPE_FIRST.match, lines)]
+
+
 @attrs.frozen
 class LongLineStart:
     """A line went over the cap: its first `max_line_bytes` bytes."""
@@ -215,10 +220,24 @@ class LineStreamer:
     def max_line_bytes(self) -> int:
         return self._max
 
-    def feed(self, data: bytes | bytearray) -> Iterator[StreamItem]:
-        # One split in C rather than a search per line: a read holds many lines; only a
-        # line begun by an earlier read (or over the cap) goes through the buffer.
+    def feed(self, data: bytes | bytearray) -> list[StreamItem]:
+        """What one read gave: its complete lines and the pieces of an over-long one.
+
+        A list, built in C as far as it can be: a read of a flood holds thousands of
+        lines. Only a line begun by an earlier read (or over the cap) goes through the
+        buffer; the others are slices of the read (one split, no search per line).
+        """
         *lines, rest = bytes(data).split(b"\n")
+        items: list[StreamItem]
+        if self._buffer or self._long is not None or (lines and max(map(len, lines)) > self._max):
+            items = list(self._lines(lines))
+        else:
+            items = [line for line in lines if line and (line[0] not in _BLANK or line.strip())]
+        if rest:
+            items += self._take(rest)
+        return items
+
+    def _lines(self, lines: list[bytes]) -> Iterator[StreamItem]:
         for line in lines:
             if self._buffer or self._long is not None or len(line) > self._max:
                 yield from self._take(line)
@@ -227,7 +246,6 @@ class LineStreamer:
                     yield item
             elif line and (line[0] not in _BLANK or line.strip()):
                 yield line
-        yield from self._take(rest)
 
     def close(self) -> Iterator[StreamItem]:
         """End of stream: a last line without a newline still counts."""
@@ -283,7 +301,7 @@ class LineSplitter:
     def close(self) -> Iterator[bytes | FramingError]:
         return self._whole(self._lines.close())
 
-    def _whole(self, items: Iterator[StreamItem]) -> Iterator[bytes | FramingError]:
+    def _whole(self, items: Iterable[StreamItem]) -> Iterator[bytes | FramingError]:
         for item in items:
             if isinstance(item, bytes):
                 yield item
