@@ -20,7 +20,7 @@ dropped.
 The only timer is one task whose cancel scope's deadline is never later than the
 machine's `deadline`. It is moved only when the machine's deadline comes sooner; a
 deadline that moved later (the stall watchdog's, with every frame the CLI writes) just
-wakes the timer early once, which then waits for the new one. So the per-frame path
+wakes the timer early once, which then waits for the new one. So the path of each read
 costs a comparison, not a timer reset.
 """
 
