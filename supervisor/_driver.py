@@ -6,6 +6,12 @@ No action blocks: writes are queued to the CLI's writer task, kills run in their
 tasks and come back as events. So the machine sees events in the order they happened,
 and a library call such as `send()` knows its turn's id when it returns.
 
+The CLI's frames come a read at a time (`FromCliLines`), and the frames the machine
+only relays come back as runs (`DeliverLines`): a flood of small frames costs a
+machine call per read, not per frame. A runner that writes bytes (the executable)
+takes the runs whole (`deliver_lines`); the library gets each frame on its own, as a
+lazy `Frame`.
+
 A CLI line longer than `max_line_bytes` reaches `deliver` as a partial frame (what
 could be read of it); its bytes go to `deliver_part`, piece by piece, without the
 machine (see `_process.RelayPart`). Without `deliver_part` (the library), they are
@@ -14,7 +20,7 @@ dropped.
 The only timer is one task whose cancel scope's deadline is never later than the
 machine's `deadline`. It is moved only when the machine's deadline comes sooner; a
 deadline that moved later (the stall watchdog's, with every frame the CLI writes) just
-wakes the timer early once, which then waits for the new one. So the per-frame path
+wakes the timer early once, which then waits for the new one. So the path of each read
 costs a comparison, not a timer reset.
 """
 
@@ -36,6 +42,9 @@ from ._report import CancelReport
 #: The events that settle whether the first CLI started.
 _SPAWN_OUTCOMES = (m.CliSpawned, m.SpawnFailed)
 
+#: The events that come most often: told apart from those at once.
+_FROM_CLI = (m.FromCliLines, m.FromCli)
+
 
 class Driver:
     """Runs one session: the machine, its CLI processes and its timer."""
@@ -51,6 +60,7 @@ class Driver:
         deliver: Callable[[Frame, int | None], None],
         cancel_done: Callable[[CancelReport | None], None] = lambda report: None,
         deliver_part: RelayPart | None = None,
+        deliver_lines: Callable[[Sequence[bytes], int | None], None] | None = None,
         turn_queued: Callable[[int], None] = lambda turn: None,
         early: Prestarted | None = None,
     ) -> None:
@@ -62,6 +72,7 @@ class Driver:
         self._deliver = deliver
         self._cancel_done = cancel_done
         self._deliver_part = deliver_part
+        self._deliver_lines = deliver_lines
         self._turn_queued = turn_queued
         self._process: CliProcess | None = None
         # The first CLI, started before trio was imported (`_launch.prestart`): used if
@@ -92,7 +103,7 @@ class Driver:
             nursery.cancel_scope.cancel()
 
     def dispatch(self, event: m.Event) -> None:
-        if type(event) is not m.FromCli and isinstance(event, _SPAWN_OUTCOMES):
+        if type(event) not in _FROM_CLI and isinstance(event, _SPAWN_OUTCOMES):
             self.first_spawn.set()
         self._perform(self.machine.handle(event, trio.current_time()))
 
@@ -112,13 +123,23 @@ class Driver:
 
     def _perform(self, actions: Sequence[m.Action]) -> None:
         for action in actions:
-            if type(action) is m.Deliver:  # most actions: every frame the CLI writes
+            if type(action) is m.DeliverLines:  # most actions: the frames of each read
+                if self._deliver_lines is not None:
+                    self._deliver_lines(action.lines, action.turn)
+                else:
+                    self._deliver_each(action)
+            elif type(action) is m.Deliver:
                 self._deliver(action.frame, action.turn)
             else:
                 self._perform_one(action)
         deadline = self._deadline()
         if deadline < self._timer.deadline:
             self._timer.deadline = deadline
+
+    def _deliver_each(self, run: m.DeliverLines) -> None:
+        """A run of the CLI's frames, one `deliver` each (the library's way)."""
+        for line, kind in zip(run.lines, run.kinds, strict=True):
+            self._deliver(Frame(raw=line, head_type=kind), run.turn)
 
     def _perform_one(self, action: m.Action) -> None:
         process = self._process

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -171,6 +171,11 @@ def cheap_type(line: bytes) -> str | None:
     return match.group(1).decode("ascii") if match else None
 
 
+def cheap_types(lines: Sequence[bytes]) -> list[str | None]:
+    """`cheap_type` of each line, in one pass: the CLI's reader asks it of every line."""
+    return [m[1].decode("ascii") if m else None for m in map(_TYPE_FIRST.match, lines)]
+
+
 @attrs.frozen
 class LongLineStart:
     """A line went over the cap: its first `max_line_bytes` bytes."""
@@ -208,57 +213,82 @@ class LineStreamer:
         if max_line_bytes < 1:
             raise ValueError("max_line_bytes must be positive")
         self._max = max_line_bytes
-        self._buffer = bytearray()
+        # The start of a line that earlier reads began, as they gave it: joined once,
+        # when it ends (a 1 MB frame spans reads, and is then copied once, not per read).
+        self._pieces: list[bytes] = []
+        self._size = 0
         self._long: int | None = None  # bytes so far of an over-long line, if in one
 
     @property
     def max_line_bytes(self) -> int:
         return self._max
 
-    def feed(self, data: bytes | bytearray) -> Iterator[StreamItem]:
-        # One split in C rather than a search per line: a read holds many lines; only a
-        # line begun by an earlier read (or over the cap) goes through the buffer.
+    def feed(self, data: bytes | bytearray) -> list[StreamItem]:
+        """What one read gave: its complete lines and the pieces of an over-long one.
+
+        A list, built in C as far as it can be: a read of a flood holds thousands of
+        lines. Only the line an earlier read began (or one over the cap) takes the slow
+        way; the others are the read's own slices (one split, no search per line).
+        """
         *lines, rest = bytes(data).split(b"\n")
+        items: list[StreamItem] = []
+        if lines and (self._pieces or self._long is not None):
+            items += self._take(lines[0])
+            item = self._finish_line()
+            if item is not None:
+                items.append(item)
+            del lines[0]
+        if lines and max(map(len, lines)) > self._max:
+            items += self._lines(lines)
+        else:
+            items += [line for line in lines if line and (line[0] not in _BLANK or line.strip())]
+        if rest:
+            items += self._take(rest)
+        return items
+
+    def _lines(self, lines: list[bytes]) -> Iterator[StreamItem]:
         for line in lines:
-            if self._buffer or self._long is not None or len(line) > self._max:
+            if len(line) > self._max:
                 yield from self._take(line)
                 item = self._finish_line()
                 if item is not None:
                     yield item
             elif line and (line[0] not in _BLANK or line.strip()):
                 yield line
-        yield from self._take(rest)
 
     def close(self) -> Iterator[StreamItem]:
         """End of stream: a last line without a newline still counts."""
-        if self._buffer or self._long is not None:
+        if self._pieces or self._long is not None:
             item = self._finish_line()
             if item is not None:
                 yield item
 
-    def _take(self, chunk: bytes | bytearray) -> Iterator[StreamItem]:
+    def _take(self, chunk: bytes) -> Iterator[StreamItem]:
         if not chunk:
             return
         if self._long is not None:
             self._long += len(chunk)
-            yield LongLinePart(bytes(chunk))
-        elif len(self._buffer) + len(chunk) > self._max:
-            self._long = len(self._buffer) + len(chunk)
-            cut = self._max - len(self._buffer)
-            self._buffer += chunk[:cut]
-            yield LongLineStart(bytes(self._buffer))
-            self._buffer.clear()
+            yield LongLinePart(chunk)
+        elif self._size + len(chunk) > self._max:
+            self._long = self._size + len(chunk)
+            cut = self._max - self._size
+            head = b"".join([*self._pieces, chunk[:cut]])
+            self._pieces.clear()
+            self._size = 0
+            yield LongLineStart(head)
             if len(chunk) > cut:
-                yield LongLinePart(bytes(chunk[cut:]))
+                yield LongLinePart(chunk[cut:])
         else:
-            self._buffer += chunk
+            self._pieces.append(chunk)
+            self._size += len(chunk)
 
     def _finish_line(self) -> StreamItem | None:
         if self._long is not None:
             size, self._long = self._long, None
             return LongLineEnd(size)
-        line = bytes(self._buffer)
-        self._buffer.clear()
+        line = b"".join(self._pieces)
+        self._pieces.clear()
+        self._size = 0
         if not line.strip():
             return None  # blank lines carry nothing; the CLI ignores them too
         return line
@@ -283,7 +313,7 @@ class LineSplitter:
     def close(self) -> Iterator[bytes | FramingError]:
         return self._whole(self._lines.close())
 
-    def _whole(self, items: Iterator[StreamItem]) -> Iterator[bytes | FramingError]:
+    def _whole(self, items: Iterable[StreamItem]) -> Iterator[bytes | FramingError]:
         for item in items:
             if isinstance(item, bytes):
                 yield item

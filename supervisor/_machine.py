@@ -119,6 +119,22 @@ class FromCli:
 
 
 @attrs.frozen
+class FromCliLines:
+    """Frames the CLI wrote, in order, as their lines (without newlines): what one read
+    of its output brought, taken in one event.
+
+    Each line's head said its type (`kinds`, from `cheap_type`); none is parsed here.
+    Most frames of a flood decide nothing (they are only relayed to the user), so the
+    machine looks only at those whose type it acts on (see `_LOOKED_AT`), each as if it
+    came as `FromCli`, and hands each run of the others on whole (`DeliverLines`). The
+    outcome is the same as feeding the frames one `FromCli` at a time, at `now`.
+    """
+
+    lines: Sequence[bytes]
+    kinds: Sequence[str]
+
+
+@attrs.frozen
 class CliSpawned:
     """The CLI process exists (its pid is known to the driver)."""
 
@@ -174,6 +190,7 @@ Event = (
     | EndOfInput
     | Terminate
     | FromCli
+    | FromCliLines
     | CliSpawned
     | SpawnFailed
     | CliExited
@@ -247,6 +264,17 @@ class Deliver:
 
 
 @attrs.frozen
+class DeliverLines:
+    """Frames for the user, belonging to `turn`, as the CLI wrote them: their lines
+    (without newlines), and each one's type. Comes of `FromCliLines`: to be relayed
+    byte for byte, in order, as if each were a `Deliver` of its own."""
+
+    lines: Sequence[bytes]
+    kinds: Sequence[str]
+    turn: int | None
+
+
+@attrs.frozen
 class CancelDone:
     """A cancel is over; `report` is None when there was nothing to cancel."""
 
@@ -275,6 +303,7 @@ Action = (
     | MarkTurnStart
     | KillTurnProcesses
     | Deliver
+    | DeliverLines
     | CancelDone
     | Finished
     | CheckCliStopped
@@ -655,6 +684,8 @@ class SessionMachine:
                     self._drop_queued(problem("cancelled", "closed_before_start"), out)
             case Terminate():
                 self._on_terminate(now, out)
+            case FromCliLines(lines, kinds):
+                self._on_cli_lines(lines, kinds, now, out)
             case FromCli(frame):
                 self._on_cli_frame(frame, now, out)
             case CliSpawned():
@@ -1010,6 +1041,43 @@ class SessionMachine:
 
     # --------------------------------------------------------------- from CLI
 
+    def _on_cli_lines(
+        self, lines: Sequence[bytes], kinds: Sequence[str], now: float, out: list[Action]
+    ) -> None:
+        """A read's frames: those the machine looks at one by one, as `FromCli` events
+        of their own (the queue moved on after each, so the frames after a result
+        belong to the next turn, as they would have); each run of the others at once."""
+        looked_at = _LOOKED_AT if self.policy.stall_timeout is None else _LOOKED_AT_WITH_TOOLS
+        if looked_at.isdisjoint(kinds):  # the usual read: nothing but text to relay
+            self._relay_lines(lines, kinds, now, out)
+            return
+        start = 0
+        for index, kind in enumerate(kinds):
+            if kind not in looked_at:
+                continue
+            if start < index:
+                self._relay_lines(lines[start:index], kinds[start:index], now, out)
+            self._on_cli_frame(Frame(raw=lines[index], head_type=kind), now, out)
+            self._pump(now, out)
+            if self.finished:
+                return
+            start = index + 1
+        if start < len(lines):
+            self._relay_lines(lines[start:], kinds[start:], now, out)
+
+    def _relay_lines(
+        self, lines: Sequence[bytes], kinds: Sequence[str], now: float, out: list[Action]
+    ) -> None:
+        """What `_on_cli_frame` does for frames whose type it does not look at, once for
+        a run of them: the CLI is alive and the running turn heard from, and they go on."""
+        if self._cli is not None:
+            self._cli.proven = True
+        turn = self._running
+        if turn is not None:
+            turn.last_output = now  # `note_output`, without the tools (not in the run)
+            turn.heard = True
+        out.append(DeliverLines(lines, kinds, turn.id if turn is not None else None))
+
     def _on_cli_frame(self, frame: Frame, now: float, out: list[Action]) -> None:
         cli = self._cli
         if cli is not None:
@@ -1315,6 +1383,14 @@ class SessionMachine:
 
     def _step_on(self, esc: _Escalation, name: str, now: float) -> None:
         esc.steps.append(Step(name, _ms(now - esc.started)))
+
+
+#: The types of the CLI's frames that `_on_cli_frame` acts on (beyond relaying them and
+#: noting that the CLI wrote): the session id, the CLI's init, our answers, results.
+#: With the stall watchdog on, also the frames whose tool calls pause it (`note_output`).
+#: A frame of any other type that was not parsed decides nothing (`FromCliLines`).
+_LOOKED_AT = frozenset({"system", "result", "control_response"})
+_LOOKED_AT_WITH_TOOLS = _LOOKED_AT | {"assistant", "user"}
 
 
 def _block_ids(frame: Frame, block_type: str, key: str) -> list[str]:

@@ -14,6 +14,7 @@ import math
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import cast
 
 import attrs
 import trio
@@ -27,6 +28,7 @@ from ._framing import (
     LongLineStart,
     MemberScanner,
     StreamItem,
+    cheap_types,
     decode_line,
     line_too_long,
     read_head,
@@ -34,7 +36,15 @@ from ._framing import (
 )
 from ._helper import HubRun, Report, shared_hub, start_run
 from ._launch import Prestarted
-from ._machine import BadLine, CliExited, CliSpawned, Event, FromCli, SpawnFailed
+from ._machine import (
+    BadLine,
+    CliExited,
+    CliSpawned,
+    Event,
+    FromCli,
+    FromCliLines,
+    SpawnFailed,
+)
 
 #: How much of the CLI's stderr is kept to explain a failure.
 STDERR_TAIL_BYTES = 4096
@@ -213,11 +223,17 @@ class CliProcess:
                 with contextlib.suppress(OSError):  # over the limit or quota: as it is
                     fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, RELAY_PIPE_BYTES)
             while chunk := await _read(fd):
+                run: list[bytes] = []  # the whole lines of the read, as they come
                 for item in lines.feed(chunk):
-                    if isinstance(item, bytes):
-                        self._on_line(item)  # the common case, without a coroutine
+                    if type(item) is bytes:
+                        run.append(item)  # the common case, without a coroutine
                     else:
+                        if run:
+                            self._on_lines(run)
+                            run = []
                         await self._on_item(item)
+                if run:
+                    self._on_lines(run)
                 if relay_part is not None:
                     await relay_part(_READ_DONE)
         for item in lines.close():
@@ -265,6 +281,24 @@ class CliProcess:
                 preview = self._unreadable.decode("utf-8", errors="replace")
                 self._unreadable = None
                 self._emit(BadLine("cli", FramingError(error.code, error.message, preview)))
+
+    def _on_lines(self, lines: list[bytes]) -> None:
+        """Whole lines, in order: those whose head says their type go to the machine
+        together, unparsed (`FromCliLines`); any other is parsed on its own (`_on_line`)."""
+        kinds = cheap_types(lines)
+        if None not in kinds:
+            self._emit(FromCliLines(lines, cast(list[str], kinds)))
+            return
+        start = 0
+        for index, kind in enumerate(kinds):
+            if kind is None:
+                if start < index:
+                    typed = cast(list[str], kinds[start:index])
+                    self._emit(FromCliLines(lines[start:index], typed))
+                self._on_line(lines[index])
+                start = index + 1
+        if start < len(lines):
+            self._emit(FromCliLines(lines[start:], cast(list[str], kinds[start:])))
 
     def _on_line(self, line: bytes | FramingError) -> None:
         # Lazy: a frame that is only relayed is never parsed (see `decode_line`).

@@ -78,6 +78,7 @@ class Relay:
             deliver=self._deliver,
             cancel_done=self._record_report,
             deliver_part=self._deliver_part,
+            deliver_lines=self._deliver_lines,
             early=early,
         )
         # What is to be written to stdout, in pieces, oldest first: written by one task,
@@ -137,6 +138,19 @@ class Relay:
             self._send(frame.raw)
             self._send(b"\n")
 
+    def _deliver_lines(self, lines: Sequence[bytes], turn: int | None) -> None:
+        """A run of the CLI's frames, as it wrote them: one piece (one copy) for the
+        whole run, each line ended by its newline. A single long line is not copied."""
+        if len(lines) == 1 and len(lines[0]) >= _COPY_BYTES and not self._streaming:
+            self._send(lines[0])
+            self._send(b"\n")
+            return
+        data = b"\n".join([*lines, b""])
+        if self._streaming:
+            self._held.append(data)
+        else:
+            self._send(data)
+
     async def _deliver_part(
         self, item: LongLineStart | LongLinePart | LongLineEnd | ReadDone
     ) -> None:
@@ -173,7 +187,8 @@ class Relay:
 
     def _send(self, piece: bytes) -> None:
         if self._writer_gone:  # counted, in case the writer was cut short (see there)
-            self._dropped += not self._out_closed.is_set() and piece.endswith(b"\n")
+            if not self._out_closed.is_set():
+                self._dropped += piece.count(b"\n")  # a piece may hold a run of frames
             return
         self._out.append(piece)
         self._queued_bytes += len(piece)
@@ -238,7 +253,7 @@ class Relay:
         finally:
             self._writer_gone = True
             self._room.set()
-            self._dropped += sum(piece[-1:] == b"\n" for piece in self._out)
+            self._dropped += sum(bytes(piece).count(b"\n") for piece in self._out)
             self._out.clear()
             if self._write_scope.cancelled_caught:
                 with trio.CancelScope(shield=True):

@@ -95,6 +95,58 @@ async def test_the_clis_exact_bytes_reach_the_parent(tmp_path: Path, home: Path)
         await w.kill()
 
 
+#: One write of the CLI's: a flood of plain frames (one run for the relay), with blank
+#: lines, a line that is not a frame and one whose head does not say its type between.
+_TEXT = [
+    b'{"type":"assistant","message":{"role":"assistant","content":[{"type":"text","text":"%d"}]}}'
+    % n
+    for n in range(300)
+]
+MIXED_WRITE = [
+    b'{"type":"system","subtype":"init","session_id":"mix-1","tools":[]}',
+    *_TEXT[:100],
+    b"",
+    b"  \r",
+    *_TEXT[100:150],
+    b"not a frame",
+    *_TEXT[150:200],
+    ODD_LINES[2],
+    *_TEXT[200:],
+    b'{"type":"result","subtype":"success","is_error":false,"result":"r","session_id":"mix-1"}',
+]
+
+
+async def test_a_read_of_many_frames_reaches_the_parent_byte_exact_and_in_order(
+    tmp_path: Path, home: Path
+) -> None:
+    lines = tmp_path / "lines"
+    lines.write_bytes(b"".join(line + b"\n" for line in MIXED_WRITE))
+    script = tmp_path / "claude"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys\n"
+        "for line in sys.stdin.buffer:\n"
+        "    if json.loads(line).get('type') == 'user':\n"
+        f"        os.write(1, open({str(lines)!r}, 'rb').read())\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    w = await Wrapper.start(supervisor_argv(script))
+    try:
+        await w.send(user("one"))
+        await w.expect(is_result)
+        await w.close_stdin()
+        await w.read_to_end()
+        # Blank lines carry nothing; the line that is not a frame is said in its place.
+        errors = [i for i, f in enumerate(w.frames) if f.get("subtype") == "supervisor_error"]
+        assert errors == [MIXED_WRITE.index(b"not a frame") - 2]
+        assert w.frames[errors[0]]["error"]["code"] == "cli_invalid_json"
+        frames = [line for line in MIXED_WRITE if line.strip() and line != b"not a frame"]
+        assert [raw for i, raw in enumerate(w.raw_lines) if i not in errors] == frames
+        assert await w.wait() == 0
+    finally:
+        await w.kill()
+
+
 async def test_each_user_frame_gets_one_result_even_when_sent_mid_turn(wrapper: Wrapper) -> None:
     await wrapper.send(user("[[fake: tool=1]]"), user("a"), user("b"))
     results = await wrapper.results(3)

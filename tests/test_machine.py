@@ -5,10 +5,12 @@ from __future__ import annotations
 import signal
 
 import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from machine_harness import ARGS, SID, Harness, frame, init, response, result, user
 
 from supervisor import _machine as m
-from supervisor._framing import Frame
+from supervisor._framing import Frame, cheap_types, decode_line
 from supervisor._inbound import user_event
 from supervisor._policy import EscalationPolicy
 
@@ -933,3 +935,143 @@ def test_every_phase_of_the_ladder_is_reachable_and_can_end() -> None:
     assert reachable == set(m.LADDER)
     for rung in m.LADDER.values():
         assert m.Trigger.DEADLINE in rung.on and m.Trigger.EXITED in rung.on
+
+
+# ------------------------------------------------ a read's frames in one event
+
+
+def _tool_use(tool_id: str) -> Frame:
+    block = {"type": "tool_use", "id": tool_id, "name": "Bash", "input": {}}
+    return frame(type="assistant", message={"role": "assistant", "content": [block]})
+
+
+def _tool_result(tool_id: str) -> Frame:
+    block = {"type": "tool_result", "tool_use_id": tool_id, "content": "ok"}
+    return frame(type="user", message={"role": "user", "content": [block]})
+
+
+#: Frames as the CLI writes them (compact, `type` first), of every kind the machine
+#: looks at or only relays.
+_CLI_FRAMES = [
+    frame(type="assistant", message={"role": "assistant", "content": "text"}, session_id=SID),
+    frame(type="stream_event", event={"type": "content_block_delta"}),
+    frame(type="brand_new", nested={"x": [1, 2]}),
+    init(),
+    result(result="done"),
+    result(subtype="error_during_execution", is_error=True),
+    response("supervisor-interrupt-1"),
+    response("user-request-9"),
+    _tool_use("t1"),
+    _tool_result("t1"),
+    frame(type="system", subtype="status", session_id="another-session"),
+]
+
+
+def _one_by_one(h: Harness, lines: list[bytes]) -> list[m.Action]:
+    actions: list[m.Action] = []
+    for line in lines:
+        lazy = decode_line(line, lazy=True)
+        assert isinstance(lazy, Frame)
+        actions += h.feed(m.FromCli(lazy))
+    return actions
+
+
+def _flattened(actions: list[m.Action]) -> list[object]:
+    """Actions with each run of lines spelled out as one delivery per frame."""
+    out: list[object] = []
+    for action in actions:
+        if isinstance(action, m.DeliverLines):
+            out += [("deliver", line, action.turn) for line in action.lines]
+        elif isinstance(action, m.Deliver):
+            out.append(("deliver", action.frame.raw, action.turn))
+        else:
+            out.append(action)
+    return out
+
+
+def _state(h: Harness) -> object:
+    machine = h.machine
+    return (
+        machine.running_turn,
+        machine.queued_turns,
+        machine.deadline,
+        machine.session_id,
+        machine.cancelling,
+        machine.escalating,
+    )
+
+
+@settings(max_examples=500)
+@given(
+    picks=st.lists(st.integers(0, len(_CLI_FRAMES) - 1), min_size=1, max_size=30),
+    turns=st.integers(0, 3),
+    cancel=st.booleans(),
+    stall=st.booleans(),
+)
+def test_a_reads_frames_in_one_event_do_what_they_would_one_at_a_time(
+    picks: list[int], turns: int, cancel: bool, stall: bool
+) -> None:
+    policy = EscalationPolicy(stall_timeout=5.0 if stall else None)
+    lines = [_CLI_FRAMES[i].raw for i in picks]
+    kinds = cheap_types(lines)
+    assert None not in kinds  # written as the CLI writes them
+    machines = Harness(policy), Harness(policy)
+    for h in machines:
+        for n in range(turns):
+            h.user(user(f"turn {n}"))
+        if cancel:
+            h.feed(m.Cancel(), after=0.5)
+        h.now += 1.0
+    one, batch = machines
+    expected = _one_by_one(one, lines)
+    actions = batch.feed(m.FromCliLines(lines, [k for k in kinds if k is not None]))
+    assert _flattened(actions) == _flattened(expected)
+    assert _state(batch) == _state(one)
+
+
+def test_a_result_in_the_middle_of_a_read_ends_its_turn_and_the_rest_is_the_next_ones() -> None:
+    h = Harness()
+    h.user(user("one"))
+    h.user(user("two"))
+    text = [frame(type="assistant", n=n, session_id=SID).raw for n in range(3)]
+    lines = [init().raw, *text, result(result="r1").raw, init().raw, *text]
+    kinds = [k for k in cheap_types(lines) if k is not None]
+    actions = h.feed(m.FromCliLines(lines, kinds), after=0.1)
+    delivered = _flattened([a for a in actions if isinstance(a, m.Deliver | m.DeliverLines)])
+    # Every frame, byte for byte and in order; those after the result belong to turn 2.
+    assert delivered == [("deliver", line, 1) for line in lines[:5]] + [
+        ("deliver", line, 2) for line in lines[5:]
+    ]
+    assert h.written(actions) == [user("two").data]  # the next turn went to the CLI
+    assert h.machine.running_turn == 2
+    assert [a.turn for a in actions if isinstance(a, m.DeliverLines)] == [1, 2]  # two runs
+
+
+def test_frames_that_decide_nothing_go_on_as_one_run() -> None:
+    h = Harness()
+    h.user(user("hi"))
+    lines = [frame(type="assistant", n=n).raw for n in range(100)]
+    actions = h.feed(m.FromCliLines(lines, ["assistant"] * 100), after=1.0)
+    assert actions == [m.DeliverLines(lines, ["assistant"] * 100, 1)]
+    # The CLI was heard: the start timeout is off, and a stall would count from now.
+    assert h.machine.deadline is None
+
+
+def test_our_own_answers_in_a_read_are_not_relayed() -> None:
+    h = Harness()
+    h.user(user("hi"))
+    text = frame(type="assistant", message={"role": "assistant", "content": "a"}).raw
+    ours = response("supervisor-probe-7").raw
+    lines = [text, ours, text]
+    actions = h.feed(m.FromCliLines(lines, ["assistant", "control_response", "assistant"]))
+    assert _flattened(actions) == [("deliver", text, 1), ("deliver", text, 1)]
+
+
+def test_with_the_stall_watchdog_a_tool_call_in_a_read_still_pauses_it() -> None:
+    h = Harness(EscalationPolicy(stall_timeout=5.0))
+    h.user(user("hi"))
+    lines = [init().raw, _tool_use("t1").raw, frame(type="stream_event").raw]
+    h.feed(m.FromCliLines(lines, ["system", "assistant", "stream_event"]), after=1.0)
+    assert h.machine.deadline is None  # a tool runs: no stall deadline
+    h.feed(m.FromCliLines([_tool_result("t1").raw], ["user"]), after=30.0)
+    assert h.machine.deadline == h.now + 5.0  # its result came: the stall clock runs again
