@@ -54,7 +54,7 @@ class Hub:
         #: them without reading their environment (see `_tree.SessionFilter`).
         self.clis: set[int] = set()
         #: The tags of the hub's processes, as read so far (see `_tree.SessionFilter`).
-        self.tags: dict[tree.Identity, str] = {}
+        self.tags: tree.Tags = {}
 
     @property
     def pid(self) -> int | None:

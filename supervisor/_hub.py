@@ -158,7 +158,7 @@ class _Hub:
         self.selector = selectors.DefaultSelector()
         self.sessions: dict[socket.socket, _Session] = {}
         self.clis: dict[int, _Session] = {}  # live (unreaped) CLIs
-        self.tags: dict[tree.Identity, str] = {}  # see `_tree.SessionFilter`
+        self.tags: tree.Tags = {}  # see `_tree.SessionFilter`
         self.timers: list[tuple[float, int, Generator[float, None, None], _Session | None]] = []
         self.order = itertools.count()
         self.stopping = False

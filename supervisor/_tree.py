@@ -40,6 +40,9 @@ from ._launch import TAG_VARIABLE as TAG_VARIABLE
 
 Identity = tuple[int, float]  # (pid, creation time): a process, safe against pid reuse
 
+#: What is known of processes' tags: pid -> (creation time, tag; "" for none).
+Tags = dict[int, tuple[float, str]]
+
 # What reading a process that is going away can raise. psutil turns a vanished /proc
 # entry into NoSuchProcess only if the pid's directory is still absent when it looks
 # again; in a fork chain a new process may already hold the pid, and the raw
@@ -79,12 +82,12 @@ def _child_pids(pid: int) -> list[int] | None:
 def children(
     proc: psutil.Process,
     skip: Callable[[int], bool] | None = None,
-    sighted: Callable[[psutil.Process], None] | None = None,
+    sighted: Callable[[int], None] | None = None,
 ) -> list[psutil.Process]:
     """The children of `proc`, zombies included, newest first; [] if it is gone.
 
     Pids for which `skip` is true are left out before anything is read about them;
-    `sighted` is called with each other one as soon as it is a `psutil.Process`.
+    `sighted` is called with each other one, before anything is read about it.
     """
     pids = _child_pids(proc.pid)
     if pids is None:
@@ -96,10 +99,10 @@ def children(
     for pid in reversed(pids):  # newest first (see `descendants`)
         if skip is not None and skip(pid):
             continue
+        if sighted is not None:
+            sighted(pid)
         try:
             child = psutil.Process(pid)
-            if sighted is not None:
-                sighted(child)
             # The pid was read before the process object was made: if it was reused in
             # between, the newcomer is not our child (unless it is, and then it counts).
             if child.ppid() == proc.pid:
@@ -115,7 +118,7 @@ def descendants(
     prune: Callable[[psutil.Process, int], bool] | None = None,
     skip: Callable[[int], bool] | None = None,
     seen_one: Callable[[psutil.Process], None] | None = None,
-    sighted: Callable[[psutil.Process], None] | None = None,
+    sighted: Callable[[int], None] | None = None,
 ) -> list[psutil.Process]:
     """Every live descendant of `pid`, parents before children; [] if `pid` is gone.
 
@@ -164,9 +167,20 @@ def stop_on_sight(proc: psutil.Process) -> None:
     """SIGSTOP at once (a `seen_one` for `descendants`), for the listings that freeze a
     tree: a fork chain's link lives about a millisecond, less than a listing of a tree
     with a few dozen processes takes, so stopping what a listing gave once it is done
-    can come too late for every link, listing after listing."""
-    with contextlib.suppress(psutil.Error):
-        proc.send_signal(signal.SIGSTOP)
+    can come too late for every link, listing after listing.
+
+    A process that leads its own process group (a link `setsid`s) is stopped with its
+    group: its child is in that group until it `setsid`s in turn, and a signal to a
+    group during a fork reaches the child as well, so the next link is held too. The
+    group of a process that is the session's is the session's (a group cannot span
+    sessions, and its members are the leader's descendants that stayed in it).
+    """
+    try:
+        proc.send_signal(signal.SIGSTOP)  # checks the creation time first
+        if os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, signal.SIGSTOP)
+    except GONE:
+        pass
 
 
 #: How many times `descendants` reads the root's children, at most: more only while a
@@ -202,36 +216,42 @@ class SessionFilter:
         cli: int | None,
         tag: str,
         others: Collection[int] = (),
-        tags: dict[Identity, str] | None = None,
+        tags: Tags | None = None,
     ) -> None:
         self.hub, self.cli, self.tag, self.others, self.tags = hub, cli, tag, others, tags
         self._unsure: set[int] = set()  # this listing's unreadable hub children
-        self._held: dict[int, psutil.Process] = {}  # stopped before their tag was read
+        self._held: set[int] = set()  # stopped before their tag was read
 
-    def _hold(self, proc: psutil.Process) -> None:
+    def _hold(self, pid: int) -> None:
         """Stops a hub child whose tag is not known yet, before reading it (freezing).
 
         Reading a process's environment waits while it forks (the kernel holds its
         memory map), and a fork chain's link does little else: by the time its tag is
-        read, the link has forked the next one and exited, listing after listing. So a
-        freezing listing stops first and reads after; `prune` lets go (SIGCONT) of what
-        turns out not to be the session's: another session's orphan, seen once (its tag
-        is then remembered), is held for the time of one read.
-        """
-        if proc.pid == self.cli or self.tags is None:
-            return
-        ident = identity(proc)
-        if ident is None or ident in self.tags:
-            return
-        with contextlib.suppress(psutil.Error):
-            proc.send_signal(signal.SIGSTOP)
-            self._held[proc.pid] = proc
+        read, or even its `/proc/PID/stat` (a `psutil.Process`), the link has forked
+        the next one and exited, listing after listing. So a freezing listing stops a
+        hub child the moment its pid is read, and reads after; `prune` lets go
+        (SIGCONT) of what turns out not to be the session's: another session's orphan,
+        seen once (its tag is then remembered), is held for the time of one read.
 
-    def _let_go(self, proc: psutil.Process) -> None:
-        held = self._held.pop(proc.pid, None)
-        if held is not None:
-            with contextlib.suppress(psutil.Error):
-                held.send_signal(signal.SIGCONT)
+        The bare pid is signalled here, not a `psutil.Process`: it was read from the
+        hub's children an instant before, and a child's pid is not reused before its
+        parent has reaped it and the kernel has gone round the whole pid space.
+        """
+        if pid == self.cli or self.tags is None:
+            return
+        known = self.tags.get(pid)
+        if known is not None and known[1] != self.tag:
+            return  # another session's, or nobody's (a newcomer on a reused pid is
+            # then judged by its tag without being held, as any listing does)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGSTOP)
+            self._held.add(pid)
+
+    def _let_go(self, pid: int) -> None:
+        if pid in self._held:
+            self._held.discard(pid)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
 
     def skip(self, pid: int) -> bool:
         return pid != self.cli and pid in self.others
@@ -241,7 +261,8 @@ class SessionFilter:
             return False
         ident = identity(proc)
         tags = self.tags if self.tags is not None else {}
-        tag = tags.get(ident) if ident is not None else None
+        known = tags.get(proc.pid)
+        tag = known[1] if known is not None and ident is not None and known[0] == ident[1] else None
         if tag is None:
             try:
                 environ = proc.environ()
@@ -254,15 +275,15 @@ class SessionFilter:
                 # Walked into but never listed: its children say by their own tag
                 # whose they are.
                 self._unsure.add(proc.pid)
-                self._let_go(proc)
+                self._let_go(proc.pid)
                 return False
             tag = environ.get(TAG_VARIABLE) or ""
             if ident is not None and self.tags is not None:
                 if len(tags) > 100_000:
                     tags.clear()
-                tags[ident] = tag
+                tags[proc.pid] = (ident[1], tag)
         if tag != self.tag:
-            self._let_go(proc)
+            self._let_go(proc.pid)
             return True
         return False
 
@@ -287,11 +308,11 @@ class SessionFilter:
         let go before this returns.
         """
         self._unsure = set()
-        self._held = {}
+        self._held = set()
 
         def seen(proc: psutil.Process) -> None:
             if seen_one is not None and proc.pid not in self._unsure and wanted(proc):
-                self._held.pop(proc.pid, None)
+                self._held.discard(proc.pid)
                 seen_one(proc)
 
         try:
@@ -303,8 +324,8 @@ class SessionFilter:
                 sighted=None if seen_one is None else self._hold,
             )
         finally:
-            for proc in list(self._held.values()):
-                self._let_go(proc)
+            for pid in list(self._held):
+                self._let_go(pid)
 
 
 def snapshot(
@@ -515,7 +536,7 @@ def turn_processes(
     *,
     tag: str | None = None,
     others: Collection[int] = (),
-    tags: dict[Identity, str] | None = None,
+    tags: Tags | None = None,
     seen_one: Callable[[psutil.Process], None] | None = None,
 ) -> list[psutil.Process]:
     """Descendants of `pid` (the hub) that the running turn's tools started.
