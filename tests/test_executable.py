@@ -68,20 +68,27 @@ ODD_LINES = [
 ]
 
 
-async def test_the_clis_exact_bytes_reach_the_parent(tmp_path: Path, home: Path) -> None:
-    lines = tmp_path / "lines"
-    lines.write_bytes(b"".join(line + b"\n" for line in ODD_LINES))
+def replaying_cli(tmp_path: Path, lines: list[bytes]) -> Path:
+    """A stand-in CLI that answers each user frame with `lines`, in one write."""
+    data = tmp_path / "lines"
+    data.write_bytes(b"".join(line + b"\n" for line in lines))
     script = tmp_path / "claude"
     script.write_text(
         f"#!{sys.executable}\n"
-        "import json, sys\n"
+        "import json, os, sys\n"
+        f"data = open({str(data)!r}, 'rb').read()\n"
         "for line in sys.stdin.buffer:\n"
         "    if json.loads(line).get('type') == 'user':\n"
-        f"        sys.stdout.buffer.write(open({str(lines)!r}, 'rb').read())\n"
-        "        sys.stdout.buffer.flush()\n"
+        "        rest = data\n"
+        "        while rest:\n"
+        "            rest = rest[os.write(1, rest):]\n"
     )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    w = await Wrapper.start(supervisor_argv(script))
+    return script
+
+
+async def test_the_clis_exact_bytes_reach_the_parent(tmp_path: Path, home: Path) -> None:
+    w = await Wrapper.start(supervisor_argv(replaying_cli(tmp_path, ODD_LINES)))
     try:
         await w.send(user("one"))
         await w.expect(is_result)
@@ -119,18 +126,7 @@ MIXED_WRITE = [
 async def test_a_read_of_many_frames_reaches_the_parent_byte_exact_and_in_order(
     tmp_path: Path, home: Path
 ) -> None:
-    lines = tmp_path / "lines"
-    lines.write_bytes(b"".join(line + b"\n" for line in MIXED_WRITE))
-    script = tmp_path / "claude"
-    script.write_text(
-        f"#!{sys.executable}\n"
-        "import json, os, sys\n"
-        "for line in sys.stdin.buffer:\n"
-        "    if json.loads(line).get('type') == 'user':\n"
-        f"        os.write(1, open({str(lines)!r}, 'rb').read())\n"
-    )
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    w = await Wrapper.start(supervisor_argv(script))
+    w = await Wrapper.start(supervisor_argv(replaying_cli(tmp_path, MIXED_WRITE)))
     try:
         await w.send(user("one"))
         await w.expect(is_result)
