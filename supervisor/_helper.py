@@ -270,16 +270,10 @@ class HubRun:
         keep = {self.cli.pid} if self.cli is not None else set()
         others = frozenset(self._hub.clis)
 
-        tags = self._hub.tags
-
-        def listing() -> list[psutil.Process]:
-            return tree.turn_processes(hub_pid, before, keep, tag=tag, others=others, tags=tags)
-
-        def seize() -> list[psutil.Process]:
-            return tree.turn_processes(
-                hub_pid, before, keep, tag=tag, others=others, tags=tags,
-                seen_one=tree.stop_on_sight,
-            )  # fmt: skip
+        listing = functools.partial(
+            tree.turn_processes, hub_pid, before, keep, tag=tag, others=others, tags=self._hub.tags
+        )
+        seize = functools.partial(listing, seen_one=tree.stop_on_sight)
 
         # The common case is a turn that left nothing: two empty listings in a row (the
         # freeze rule's "nothing new twice"; each stops what it finds at once, so a fork

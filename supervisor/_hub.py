@@ -52,8 +52,11 @@ parent-death signal (SIGKILL when the hub dies) sound. Signals the CLI inherits 
 their default disposition: the hub catches SIGINT and SIGQUIT with handlers that do
 nothing (a handler, unlike SIG_IGN, is reset by exec).
 
-Run as `command()` gives: `python -I -c ...`, importing only the standard library,
-psutil and `_tree` (not the package's trio side), so that it starts fast.
+Run as `_launch.command()` gives: `python -I -c ...`, importing only the standard
+library, psutil and `_tree` (not the package's trio side), so that it starts fast. The
+host's side of the wire (starting a hub, sessions, spawn requests) is in `_launch`; so
+is the executable's faster start, a hub forked with its first CLI already running
+(`_launch.prestart`, then `run_prestarted` here).
 """
 
 from __future__ import annotations

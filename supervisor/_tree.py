@@ -136,30 +136,32 @@ def descendants(
     except GONE:
         return []
     found: list[psutil.Process] = []
-    seen: set[int] = set()  # the root's children looked at
+    looked_at: set[int] = set()  # a child re-parented mid-walk is met twice
+    todo: list[psutil.Process] = []
+
+    def take(child: psutil.Process, parent: int) -> None:
+        if child.pid in looked_at:
+            return
+        looked_at.add(child.pid)
+        if prune is None or not prune(child, parent):
+            if seen_one is not None:
+                seen_one(child)
+            found.append(child)
+            todo.append(child)
+
     for _ in range(_ROOT_READS):
         # The root's children again, after the walk below them: a process that exited
         # while it was walked has handed its children to the root (a subreaper), which
         # had already been read. A fork chain does this at every link.
-        fresh = [c for c in children(root, skip, sighted) if c.pid not in seen]
+        fresh = [c for c in children(root, skip, sighted) if c.pid not in looked_at]
         if not fresh:
             break
-        seen.update(c.pid for c in fresh)
-        todo: list[psutil.Process] = []
         for child in fresh:
-            if prune is None or not prune(child, root.pid):
-                if seen_one is not None:
-                    seen_one(child)
-                found.append(child)
-                todo.append(child)
+            take(child, root.pid)
         while todo:
             parent = todo.pop()
             for child in children(parent):
-                if prune is None or not prune(child, parent.pid):
-                    if seen_one is not None:
-                        seen_one(child)
-                    found.append(child)
-                    todo.append(child)
+                take(child, parent.pid)
     return found
 
 
@@ -187,14 +189,6 @@ def stop_on_sight(proc: psutil.Process) -> None:
 #: chain keeps handing it new ones (a caller that must see all of it, `terminate`,
 #: lists again until it stops).
 _ROOT_READS = 4
-
-
-def tag_of(proc: psutil.Process) -> str | None:
-    """The `TAG_VARIABLE` a process was started with, if any."""
-    try:
-        return proc.environ().get(TAG_VARIABLE)
-    except GONE:
-        return None
 
 
 class SessionFilter:
@@ -252,6 +246,11 @@ class SessionFilter:
             self._held.discard(pid)
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGCONT)
+
+    def unsure(self, pid: int) -> bool:
+        """Whether the last walk found `pid` among the hub's children and could not
+        tell whose it is (walked into, never listed)."""
+        return pid in self._unsure
 
     def skip(self, pid: int) -> bool:
         return pid != self.cli and pid in self.others
@@ -571,7 +570,7 @@ def turn_processes(
             return False
 
     def counts(proc: psutil.Process) -> bool:
-        if proc.pid in exclude or (mine is not None and proc.pid in mine._unsure):
+        if proc.pid in exclude or (mine is not None and mine.unsure(proc.pid)):
             return False
         ident = identity(proc)
         return ident is not None and ident not in before
