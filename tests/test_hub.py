@@ -137,6 +137,25 @@ async def test_the_hub_ends_with_the_last_session(fake_claude: Path, home: Path)
         assert hub_of(c).pid != hub.pid or not hub.is_running()
 
 
+async def test_two_hundred_sessions_share_one_hub_and_leave_nothing_after_close(
+    fake_claude: Path, home: Path, process_audit: str
+) -> None:
+    """A chat bridge's load: 200 live sessions in one process, each answering, on one
+    hub; once they are closed, no CLI, tool or hub of theirs is left."""
+    async with AsyncExitStack() as stack:
+        sessions = await open_many(stack, 200, fake_claude)
+        turns = [await s.send(f"hello {i}") for i, s in enumerate(sessions)]
+        results = [await turn.result() for turn in turns]
+        assert [r["result"] for r in results] == [f"reply #1 to: hello {i}" for i in range(200)]
+        hubs = {hub_of(s).pid for s in sessions}
+        assert len(hubs) == 1
+        hub = hub_of(sessions[0])
+        assert len(processes_with_token(process_audit)) >= 201  # the CLIs and the hub
+    _gone, left = await trio.to_thread.run_sync(lambda: psutil.wait_procs([hub], timeout=30))
+    assert left == []
+    assert alive(processes_with_token(process_audit)) == []
+
+
 async def test_a_sigkilled_host_takes_every_sessions_tree_with_it(
     fake_claude: Path, home: Path, process_audit: str
 ) -> None:
