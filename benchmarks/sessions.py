@@ -6,17 +6,22 @@ every per-session helper; the CLI processes under the helpers are not counted), 
 CPU the host and the helpers use while every session is idle, and the latency of an
 in-band cancel (each report's path is asserted): one session at a time while the others
 idle, and every session at once (time until the last one is ready), against a single
-session's cancel at N=1.
+session's cancel at N=1 and against as many bare fake CLIs sent the interrupt at once
+(the floor: N processes answering on the same cores). "Per-session helper" is the
+shared hub now: one for all N.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import json
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -105,6 +110,73 @@ async def cancel_all(
     return total, each
 
 
+class BareCli:
+    """A fake CLI run bare, on pipes, as a bridge without a supervisor runs it."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self._buffer = b""
+
+    async def write(self, frame: Json) -> None:
+        assert self.process.stdin is not None
+        await self.process.stdin.send_all(json.dumps(frame).encode() + b"\n")
+
+    async def until(self, wanted: Callable[[Json], bool]) -> None:
+        assert self.process.stdout is not None
+        while True:
+            while b"\n" in self._buffer:
+                line, self._buffer = self._buffer.split(b"\n", 1)
+                if line.strip() and wanted(json.loads(line)):
+                    return
+            chunk = await self.process.stdout.receive_some(65536)
+            if not chunk:
+                raise RuntimeError("the bare fake CLI ended its output")
+            self._buffer += chunk
+
+
+async def bare_cancel_all(command: list[str], env: dict[str, str], cwd: Path, count: int) -> float:
+    """The floor under `cancel_all`: `count` bare fake CLIs, each in a tool call, sent
+    the in-band interrupt at once; ms until the last `result` (a bare CLI's "ready")."""
+    clis: list[BareCli] = []
+    try:
+        for _ in range(count):
+            process = await trio.lowlevel.open_process(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=cwd
+            )
+            clis.append(BareCli(process))
+
+        async def begin(cli: BareCli) -> None:
+            await cli.write({"type": "user", "message": {"role": "user", "content": TOOL}})
+            with trio.fail_after(120):
+                await cli.until(is_tool_call)
+
+        async with trio.open_nursery() as nursery:
+            for cli in clis:
+                nursery.start_soon(begin, cli)
+
+        async def cancel(cli: BareCli) -> None:
+            interrupt = {"subtype": "interrupt"}
+            await cli.write({"type": "control_request", "request_id": "i", "request": interrupt})
+            await cli.until(lambda frame: frame.get("type") == "result")
+
+        start = now_ns()
+        async with trio.open_nursery() as nursery:
+            for cli in clis:
+                nursery.start_soon(cancel, cli)
+        return ms_since(start)
+    finally:
+        for cli in clis:
+            if cli.process.stdin is not None:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await cli.process.stdin.aclose()
+        for cli in clis:
+            with trio.move_on_after(10):
+                await cli.process.wait()
+            if cli.process.returncode is None:
+                cli.process.kill()
+                await cli.process.wait()
+
+
 def memory_and_helpers() -> tuple[int, list[psutil.Process]]:
     me = psutil.Process()
     return me.memory_full_info().uss, me.children()
@@ -138,6 +210,7 @@ async def run(quick: bool, out: Path) -> None:
     points: list[Json] = []
     single_at: dict[int, list[float]] = {}
     all_at: dict[int, list[float]] = {}
+    bare_at: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-sessions-") as tmp:
         root = Path(tmp)
         shim = root / "claude"
@@ -221,6 +294,13 @@ async def run(quick: bool, out: Path) -> None:
                         f"{point['all_at_once_ms']:.1f} ms (paths {paths})"
                     )
                 progress.say(f"closing {len(sessions)} sessions")
+            largest = sizes[-1]
+            steps = list(interleaved(["bare"], alls))
+            for done, (_round, _name, warmup) in enumerate(steps, 1):
+                progress.trial(f"{largest} bare fake CLIs cancelled at once", done, len(steps))
+                elapsed = await bare_cancel_all([str(shim), *STREAM_ARGS], env, root, largest)
+                if not warmup:
+                    bare_at.append(elapsed)
         finally:
             clean_up(token, progress)
 
@@ -257,6 +337,16 @@ async def run(quick: bool, out: Path) -> None:
             note=f"paths taken by the {largest} simultaneous cancels (all rounds): "
             f"{last['all_at_once_paths']}; each starts in-band, any other path is the "
             "interrupt deadline missed under load",
+        )
+    )
+    comparisons.append(
+        comparison(
+            f"cancel to ready, all {largest} at once: bare CLIs vs sessions",
+            "ms",
+            summary(f"{largest} bare fake CLIs (result)", bare_at),
+            summary(f"{largest} sessions (ready)", all_at[largest]),
+            note="the floor: the same fake CLIs, each sent the in-band interrupt at once "
+            "without a supervisor, on the same cores",
         )
     )
     comparisons.append(
