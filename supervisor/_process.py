@@ -111,6 +111,7 @@ class CliProcess:
         self._lease = shared_hub().lease()
         self._stderr_tail = bytearray()
         self._to_cli_send, self._to_cli_receive = trio.open_memory_channel[bytes | None](math.inf)
+        self._idle_stdin_fd: int | None = None  # the CLI's stdin, while the writer waits
 
     @property
     def cli_pid(self) -> int | None:
@@ -120,10 +121,26 @@ class CliProcess:
     # ------------------------------------------------------------ commands
 
     def write(self, data: bytes) -> None:
-        self._to_cli_send.send_nowait(data)
+        """Queues `data` for the CLI; written at once if the pipe takes it and nothing
+        is queued before it (a user frame then costs no trip through the writer task)."""
+        fd = self._idle_stdin_fd
+        if fd is not None:
+            try:
+                data = data[os.write(fd, data) :]
+            except BlockingIOError:
+                pass  # full: the writer waits for room
+            except OSError:
+                return  # the CLI is gone; the machine knows what was not answered
+            if not data:
+                return
+        self._queue_for_cli(data)
 
     def close_input(self) -> None:
-        self._to_cli_send.send_nowait(None)
+        self._queue_for_cli(None)
+
+    def _queue_for_cli(self, data: bytes | None) -> None:
+        self._idle_stdin_fd = None  # from now on, until the writer has caught up
+        self._to_cli_send.send_nowait(data)
 
     def send_signal(self, signum: int) -> None:
         """A signal to the CLI itself (not its group)."""
@@ -325,7 +342,16 @@ class CliProcess:
         assert self._helper is not None and self._helper.stdin is not None
         stdin = self._helper.stdin
         async with self._to_cli_receive:
-            async for data in self._to_cli_receive:
+            while True:
+                # Idle (nothing queued, no write under way): `write` may write itself.
+                if not self._to_cli_receive.statistics().current_buffer_used:
+                    self._idle_stdin_fd = stdin.fileno()
+                try:
+                    data = await self._to_cli_receive.receive()
+                except trio.EndOfChannel:
+                    return
+                finally:
+                    self._idle_stdin_fd = None
                 try:
                     if data is None:
                         await stdin.aclose()
