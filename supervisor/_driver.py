@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import trio
 
@@ -61,6 +61,8 @@ class Driver:
         cancel_done: Callable[[CancelReport | None], None] = lambda report: None,
         deliver_part: RelayPart | None = None,
         deliver_lines: Callable[[Sequence[bytes], int | None], None] | None = None,
+        read_done: Callable[[], Awaitable[None]] | None = None,
+        performed: Callable[[], None] = lambda: None,
         turn_queued: Callable[[int], None] = lambda turn: None,
         early: Prestarted | None = None,
     ) -> None:
@@ -73,6 +75,8 @@ class Driver:
         self._cancel_done = cancel_done
         self._deliver_part = deliver_part
         self._deliver_lines = deliver_lines
+        self._read_done = read_done
+        self._performed = performed
         self._turn_queued = turn_queued
         self._process: CliProcess | None = None
         # The first CLI, started before trio was imported (`_launch.prestart`): used if
@@ -135,6 +139,7 @@ class Driver:
         deadline = self._deadline()
         if deadline < self._timer.deadline:
             self._timer.deadline = deadline
+        self._performed()
 
     def _deliver_each(self, run: m.DeliverLines) -> None:
         """A run of the CLI's frames, one `deliver` each (the library's way)."""
@@ -194,6 +199,7 @@ class Driver:
             max_line_bytes=self._max_line_bytes,
             emit=self.dispatch,
             relay_part=self._deliver_part,
+            read_done=self._read_done,
             early=early,
         )
         self._nursery.start_soon(self._process.run)

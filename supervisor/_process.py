@@ -90,6 +90,7 @@ class CliProcess:
         max_line_bytes: int,
         emit: Callable[[Event], None],
         relay_part: RelayPart | None = None,
+        read_done: Callable[[], Awaitable[None]] | None = None,
         early: Prestarted | None = None,
     ) -> None:
         self._args = list(args)
@@ -100,6 +101,7 @@ class CliProcess:
         self._max_line_bytes = max_line_bytes
         self._emit = emit
         self._relay_part = relay_part
+        self._read_done = read_done
         #: The start of an over-long line being read that is not a frame (dropped).
         self._unreadable: bytes | None = None
         #: Reads an over-long line whose head did not say what it is, as it passes.
@@ -253,6 +255,8 @@ class CliProcess:
                     self._on_lines(run)
                 if relay_part is not None:
                     await relay_part(_READ_DONE)
+                elif self._read_done is not None:
+                    await self._read_done()
         for item in lines.close():
             await self._on_item(item)
 

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -30,15 +30,31 @@ log = logging.getLogger("supervisor")
 Content = str | list[dict[str, Any]]
 
 
+#: How far the iteration of a turn may fall behind (bytes of frames given to it and not
+#: yet taken) before the session stops reading the CLI, whose pipe then fills and holds
+#: it back, as it would without us: a slow consumer costs bounded memory, and loses
+#: nothing.
+TURN_BUFFER_BYTES = 1024 * 1024
+
+
 class Turn:
     """One user turn. Iterate it for its frames (dicts, as the CLI wrote them), ending
-    with the `result`; or just `await turn.result()`."""
+    with the `result`; or just `await turn.result()`.
 
-    def __init__(self, turn_id: int) -> None:
+    While you iterate a turn, the session reads the CLI only as fast as you take its
+    frames (`TURN_BUFFER_BYTES` ahead). Awaiting `result()` (or a cancel, or closing the
+    session) lets go: the frames are then buffered, however many.
+    """
+
+    def __init__(self, turn_id: int, taken: Callable[[], None] = lambda: None) -> None:
         self.id = turn_id
-        self._send, self._receive = trio.open_memory_channel[dict[str, Any]](math.inf)
+        self._send, self._receive = trio.open_memory_channel[tuple[dict[str, Any], int]](math.inf)
         self._result: dict[str, Any] | None = None
         self._done = trio.Event()
+        self._backlog = 0  # bytes given, not yet taken
+        self._iterated = False
+        self._let_go = False
+        self._taken = taken  # tells the session there may be room
 
     def __repr__(self) -> str:
         return f"<Turn {self.id} {'done' if self._done.is_set() else 'running'}>"
@@ -48,14 +64,30 @@ class Turn:
         return self._done.is_set()
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        self._iterated = True
         return self._frames()
 
     async def _frames(self) -> AsyncIterator[dict[str, Any]]:
-        async for frame in self._receive:
+        async for frame, size in self._receive:
+            self._backlog -= size
+            self._taken()
             yield frame
+
+    @property
+    def behind(self) -> int:
+        """Bytes its iteration has yet to take, while the session waits for it."""
+        if not self._iterated or self._let_go or self._done.is_set():
+            return 0
+        return self._backlog
+
+    def let_go(self) -> None:
+        """Stop holding the CLI back for this turn's iteration."""
+        self._let_go = True
+        self._taken()
 
     async def result(self) -> dict[str, Any]:
         """The turn's `result` frame, once it has come."""
+        self.let_go()
         await self._done.wait()
         assert self._result is not None
         return self._result
@@ -63,7 +95,9 @@ class Turn:
     def _deliver(self, frame: Frame) -> None:
         if self._done.is_set():
             return
-        self._send.send_nowait(frame.data)
+        size = len(frame.raw) + 1
+        self._backlog += size
+        self._send.send_nowait((frame.data, size))
         if frame.type == "result":
             self._result = frame.data
             self._done.set()
@@ -90,6 +124,7 @@ class Session:
         self.last_report: CancelReport | None = None
         self._closed = False
         self._queued: Turn | None = None  # the turn the machine queued last
+        self._room = trio.Event()  # set when a turn's iteration may have caught up
         self._driver = Driver(
             self._machine,
             claude,
@@ -99,6 +134,8 @@ class Session:
             deliver=self._deliver,
             cancel_done=self._cancel_done,
             turn_queued=self._turn_queued,
+            read_done=self._after_read,
+            performed=self._check_escalation,
         )
 
     @property
@@ -164,6 +201,7 @@ class Session:
         """Stop the CLI gracefully (stdin EOF, wait, then the ladder); nothing is left."""
         if not self._closed:
             self._closed = True
+            self._room.set()
             self._driver.dispatch(m.EndOfInput(drain=False))
         await self._driver.finished.wait()
 
@@ -179,7 +217,26 @@ class Session:
 
     def _turn_queued(self, turn_id: int) -> None:
         # Before any frame for the turn: the machine says the id first.
-        self._queued = self._turns[turn_id] = Turn(turn_id)
+        self._queued = self._turns[turn_id] = Turn(turn_id, self._wake_reader)
+
+    async def _after_read(self) -> None:
+        """Backpressure: after each read of the CLI's output, wait while an iterated turn
+        is more than `TURN_BUFFER_BYTES` behind. Never while a cancel, a close or a
+        recovery is under way: the CLI must be heard for it to end."""
+        while (
+            not self._closed
+            and not self._machine.escalating
+            and sum(turn.behind for turn in self._turns.values()) > TURN_BUFFER_BYTES
+        ):
+            self._room = trio.Event()
+            await self._room.wait()
+
+    def _wake_reader(self) -> None:
+        self._room.set()
+
+    def _check_escalation(self) -> None:
+        if self._machine.escalating:
+            self._room.set()
 
     def _message(self, content: Content) -> Frame:
         """A programming error is the caller's to see at once, not a turn to wait for."""

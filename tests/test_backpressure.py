@@ -1,6 +1,7 @@
 """A parent that stops reading: the wrapper stops reading the CLI, whose own pipe then
 fills (as it would without us), instead of buffering the flood in its memory. Nothing
-is lost, the order is kept, and a cancel sent meanwhile still ends the turn, once."""
+is lost, the order is kept, and a cancel sent meanwhile still ends the turn, once. The
+same for the library: a turn iterated slowly holds the CLI back."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 import trio
+from test_session import ARGS, IN_BAND
 from wrapper_harness import (
     IN_BAND_FLAGS,
     STREAM_ARGS,
@@ -21,6 +23,8 @@ from wrapper_harness import (
     is_system,
     user,
 )
+
+from supervisor import open_session
 
 #: What the flooding CLI writes: FRAMES lines of about 1 KB, far more than the bounded
 #: buffer of the wrapper (RELAY_BUFFER_BYTES, 1 MiB) and the pipes' (64 KiB each).
@@ -77,14 +81,20 @@ os._exit(0)
 """
 
 
-@pytest.fixture
-async def flooding(tmp_path: Path, home: Path) -> AsyncIterator[tuple[Wrapper, Path]]:
+def flood_cli(tmp_path: Path) -> tuple[Path, Path]:
+    """The flooding CLI as an executable, and the file where it says how far it got."""
     script = tmp_path / "flood_cli.py"
     script.write_text(FLOOD_CLI)
     progress = tmp_path / "progress"
     claude = tmp_path / "claude"
     claude.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{script}" "{progress}" {PAD} "$@"\n')
     claude.chmod(0o755)
+    return claude, progress
+
+
+@pytest.fixture
+async def flooding(tmp_path: Path, home: Path) -> AsyncIterator[tuple[Wrapper, Path]]:
+    claude, progress = flood_cli(tmp_path)
     argv = ["--claude", str(claude), *IN_BAND_FLAGS, "--", *STREAM_ARGS]
     w = await Wrapper.start(argv)
     try:
@@ -159,3 +169,43 @@ def frame(seq: int) -> dict[str, object]:
         "session_id": "flood-1",
         "message": {"role": "assistant", "content": [{"type": "text", "text": PAD}]},
     }
+
+
+async def test_a_library_turn_iterated_slowly_holds_the_cli_back_and_loses_nothing(
+    tmp_path: Path, home: Path
+) -> None:
+    claude, progress = flood_cli(tmp_path)
+    async with open_session(ARGS, claude=claude, policy=IN_BAND) as session:
+        # Awaiting only the result lets go: a flood far over the buffer still ends.
+        turn = await session.send(f"flood {FRAMES // 16}")
+        assert (await turn.result())["frames"] == FRAMES // 16
+
+        turn = await session.send(f"flood {FRAMES}")
+        frames = aiter(turn)
+        first = await anext(frames)  # iterating, then taking nothing for a while
+        seqs = [first["seq"]] if first.get("type") == "assistant" else []
+        written = await written_when_blocked(progress)
+        assert written < FRAMES * 1000 // 4, "the CLI was never held back: the turn buffered"
+        async for frame in frames:
+            if frame.get("type") == "assistant":
+                seqs.append(frame["seq"])
+        assert seqs == list(range(FRAMES)), "frames lost or out of order"
+        assert (await turn.result())["frames"] == FRAMES
+
+
+async def test_a_cancel_ends_a_turn_whose_iteration_stalled_in_band(
+    tmp_path: Path, home: Path
+) -> None:
+    claude, progress = flood_cli(tmp_path)
+    async with open_session(ARGS, claude=claude, policy=IN_BAND) as session:
+        turn = await session.send(f"flood {FRAMES}")
+        frames = aiter(turn)
+        first = await anext(frames)
+        await written_when_blocked(progress)
+        report = await session.cancel()  # the CLI is heard again while it ends the turn
+        assert report is not None and report.path == "interrupt"
+        result = await turn.result()
+        seqs = [first["seq"]] if first.get("type") == "assistant" else []
+        seqs += [f["seq"] async for f in frames if f.get("type") == "assistant"]
+        assert seqs == list(range(result["frames"])), "frames lost or out of order"
+        assert 0 < result["frames"] < FRAMES  # the flood was stopped by the cancel
