@@ -78,6 +78,9 @@ RelayPart = Callable[[LongLineStart | LongLinePart | LongLineEnd | ReadDone], Aw
 #: After each read (see `ReadDone`).
 _READ_DONE = ReadDone()
 
+#: Once the CLI's tree is gone, how long the end of its stderr is waited for.
+STDERR_DRAIN_TIMEOUT = 2.0
+
 
 class CliProcess:
     def __init__(
@@ -112,6 +115,7 @@ class CliProcess:
         # the old run lets go of it, so the hub is not ended and restarted in between.
         self._lease = shared_hub().lease()
         self._stderr_tail = bytearray()
+        self._stderr_done = trio.Event()  # the CLI's stderr ended, all of it passed on
         self._to_cli_send, self._to_cli_receive = trio.open_memory_channel[bytes | None](math.inf)
         self._idle_stdin_fd: int | None = None  # the CLI's stdin, while the writer waits
 
@@ -199,6 +203,11 @@ class CliProcess:
                     readers.start_soon(self._read_status)
                     readers.start_soon(self._read_stdout)
                 await helper.wait()
+                # What the CLI said on stderr before it exited (why it failed, often)
+                # is passed on: its tree is dead, so the end of the pipe comes at once,
+                # unless a process nobody could kill holds it open.
+                with trio.move_on_after(STDERR_DRAIN_TIMEOUT):
+                    await self._stderr_done.wait()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -341,6 +350,7 @@ class CliProcess:
                     await trio.to_thread.run_sync(
                         _write_all, self._stderr_fd, bytes(chunk), abandon_on_cancel=True
                     )
+        self._stderr_done.set()
 
     async def _write_loop(self) -> None:
         assert self._helper is not None and self._helper.stdin is not None
