@@ -48,12 +48,19 @@ def options(claude_cli: Path, cli_env: dict[str, str], workdir: Path, **extra: A
     )
 
 
-def stop_the_cli() -> None:
+async def stop_the_cli() -> None:
     """SIGSTOPs the CLI the SDK started through the wrapper (found by parentage:
-    this test → the wrapper → its helper → the helper's first child)."""
+    this test → the wrapper → its helper → the helper's first child), and waits until
+    the kernel shows it stopped (SIGSTOP is delivered asynchronously): a wedged CLI, not
+    one about to be, which the wrapper could find still running and then wait out the
+    interrupt deadline these tests set far out."""
     [wrapper] = [p for p in psutil.Process().children() if str(WRAPPER) in " ".join(p.cmdline())]
     [helper] = wrapper.children()
-    cli_of(helper).send_signal(signal.SIGSTOP)
+    cli = cli_of(helper)
+    cli.send_signal(signal.SIGSTOP)
+    with trio.fail_after(10):
+        while cli.status() != psutil.STATUS_STOPPED:
+            await trio.sleep(0.005)
 
 
 async def response(client: Any) -> list[Any]:
@@ -99,7 +106,7 @@ async def test_interrupt_returns_and_a_result_arrives_with_a_wedged_cli(
         first = (await response(client))[-1]
         await client.query(long_tool(workdir / "started"))
         await wait_for_file(workdir / "started")
-        stop_the_cli()
+        await stop_the_cli()
         with trio.fail_after(30):  # the SDK itself would wait 60 s, then give up
             await client.interrupt()
         result = (await response(client))[-1]
@@ -125,7 +132,7 @@ async def test_hooks_from_initialize_survive_a_respawn(
         await client.query(long_tool(workdir / "started"))
         await wait_for_file(workdir / "started")
         assert len(commands) == 1
-        stop_the_cli()
+        await stop_the_cli()
         with trio.fail_after(30):
             await client.interrupt()
         await response(client)
