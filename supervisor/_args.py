@@ -1,7 +1,13 @@
-"""The CLI's command line: the session flags are the only ones the supervisor rewrites."""
+"""The command lines: which arguments are the wrapper's and which the CLI's, and the
+session flags, the only ones of the CLI's that the supervisor rewrites.
+
+Standard library only: the executable splits its arguments before it imports anything
+else, to start the CLI early (`_cli.early_start`).
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 #: Flags that choose which session the CLI runs, with whether they take a value.
@@ -41,3 +47,34 @@ def resume_args(args: Sequence[str], session_id: str | None) -> list[str]:
     if session_id is None:
         return list(args)
     return [*without_session_flags(args), "--resume", session_id]
+
+
+def split_invocation(argv: Sequence[str], prog: str) -> tuple[str, list[str], list[str]]:
+    """(mode, the wrapper's own arguments, the CLI's arguments) of a command line.
+
+    The mode is "run", "demo", "help" or "version". Invoked as `claude` (the wrapper
+    standing in for the CLI), or without `--`, every argument is the CLI's: the
+    wrapper's options then come from the environment only.
+    """
+    args = list(argv)
+    if os.path.basename(prog) != "claude":
+        if args[:1] == ["demo"]:
+            return "demo", args[1:], []
+        if args in (["--help"], ["-h"]):
+            return "help", [], []
+        if args == ["--version"]:
+            return "version", [], []
+        if "--" in args:
+            split = args.index("--")
+            return "run", args[:split], args[split + 1 :]
+    return "run", [], args
+
+
+def wants_stream_json_input(claude_args: Sequence[str]) -> bool:
+    """Whether the CLI will read stream-json frames (else the wrapper passes through)."""
+    args = list(claude_args)
+    return any(
+        arg == "--input-format=stream-json"
+        or (arg == "--input-format" and args[i + 1 : i + 2] == ["stream-json"])
+        for i, arg in enumerate(args)
+    )

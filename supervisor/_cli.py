@@ -19,17 +19,18 @@ import os  # noqa: E402
 STARTED_BY = os.getppid()
 import shutil  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from pathlib import Path  # noqa: E402
+from collections.abc import Mapping, Sequence  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
-# Only what every mode needs: trio (a tenth of a second) is imported by the modes that
-# run, `importlib.metadata` by --version alone.
-from ._config import (  # noqa: E402
-    ConfigError,
-    Invocation,
-    parse_invocation,
-    wants_stream_json_input,
-)
+# Only the standard library here: the CLI is started (`early_start`) before anything
+# slower is imported. `_config` (attrs, argparse) comes next, trio with the mode that
+# runs, `importlib.metadata` with --version alone.
+from ._args import split_invocation, wants_stream_json_input  # noqa: E402
+from ._grace import KILL_TIMEOUT, TREE_GRACE  # noqa: E402
+
+if TYPE_CHECKING:
+    from ._config import Invocation
+    from ._launch import Prestarted
 
 #: Set by the helper for the CLI it starts: a wrapper whose parent is that helper has been
 #: started as "the CLI" by another wrapper, which would recurse forever.
@@ -41,13 +42,15 @@ def _error(message: str, code: int) -> int:
     return code
 
 
-def _is_this_wrapper(path: Path) -> bool:
+def _is_this_wrapper(path: str) -> bool:
     """Whether an executable is this wrapper (a copy, a symlink, or its entry-point script)."""
-    me = Path(sys.argv[0]).resolve()
-    if path.resolve() == me:
+    if os.path.realpath(path) == os.path.realpath(sys.argv[0]):
         return True
     try:
-        head = path.read_bytes()[:4096] if path.stat().st_size < 65536 else b""
+        if os.stat(path).st_size >= 65536:
+            return False
+        with open(path, "rb") as f:
+            head = f.read(4096)
     except OSError:
         return False
     return b"supervisor._cli" in head or b"python -m supervisor " in head
@@ -57,7 +60,7 @@ def find_real_claude(path_variable: str | None = None) -> str | None:
     """The first `claude` on PATH that is not this wrapper."""
     for directory in (path_variable or os.environ.get("PATH", "")).split(os.pathsep):
         candidate = shutil.which("claude", path=directory or ".")
-        if candidate and not _is_this_wrapper(Path(candidate)):
+        if candidate and not _is_this_wrapper(candidate):
             return candidate
     return None
 
@@ -110,8 +113,100 @@ def _resolve_claude(named: str) -> tuple[str | None, str | None]:
     return claude, claude_path_problem(claude)
 
 
+def _flag_values(own: Sequence[str]) -> dict[str, str] | None:
+    """The wrapper's flags as `{flag: value}`, read without argparse; None where it
+    would take argparse to be sure (an abbreviated or unknown flag, --help, --version)."""
+    values: dict[str, str] = {}
+    args = iter(own)
+    for arg in args:
+        flag, equals, value = arg.partition("=")
+        if flag not in _FLAGS:
+            return None
+        if not equals:
+            following = next(args, None)
+            if following is None:
+                return None
+            value = following
+        values[flag] = value
+    return values
+
+
+#: The wrapper's flags that take a value (`_config.OPTIONS`, checked by a test).
+_FLAGS = frozenset(
+    {
+        "--claude",
+        "--interrupt-timeout",
+        "--sigint-timeout",
+        "--kill-timeout",
+        "--exit-timeout",
+        "--ready-timeout",
+        "--report-file",
+        "--max-line-bytes",
+        "--start-timeout",
+        "--interrupt-ack-timeout",
+        "--stall-timeout",
+        "--turn-timeout",
+    }
+)
+
+
+def early_plan(
+    argv: Sequence[str], prog: str, environ: Mapping[str, str] = os.environ
+) -> tuple[list[str], float] | None:
+    """The CLI's command line and the kill timeout of a stream-json run, read without
+    attrs or argparse; None when the invocation is anything but such a plain run, or
+    when it takes the full reading to be sure (`early_start` says why this exists)."""
+    mode, own, claude_args = split_invocation(argv, prog)
+    flags = _flag_values(own)
+    if mode != "run" or flags is None or not wants_stream_json_input(claude_args):
+        return None
+    if environ.get(HELPER_PID_VARIABLE) == str(os.getppid()):
+        return None
+    named = flags.get("--claude") or environ.get("CLAUDE_SUPERVISOR_CLAUDE") or None
+    claude = named or find_real_claude(environ.get("PATH"))
+    resolved, problem = _resolve_claude(claude) if claude is not None else (None, None)
+    if resolved is None or problem is not None:
+        return None
+    raw_timeout = flags.get("--kill-timeout") or environ.get("CLAUDE_SUPERVISOR_KILL_TIMEOUT")
+    try:
+        kill_timeout = KILL_TIMEOUT if raw_timeout is None else float(raw_timeout)
+    except ValueError:
+        return None
+    return [resolved, *claude_args], kill_timeout
+
+
+def early_start(argv: Sequence[str], prog: str) -> Prestarted | None:
+    """Starts the CLI of a stream-json run now, before the wrapper's slow imports.
+
+    The CLI takes a quarter of a second to boot and the wrapper about as long to import
+    what it runs on (attrs, trio, the relay): side by side rather than one after the
+    other, the wrapper costs little more than its interpreter. Only what can be read
+    without them is read here (`early_plan`); the full reading follows, and `_run` keeps
+    this start only if it agrees, so a guess that is wrong, or an invocation that turns
+    out to be an error, costs a discarded CLI, never a wrong one.
+    """
+    plan = early_plan(argv, prog)
+    if plan is None:
+        return None
+    from ._launch import prestart
+
+    args, kill_timeout = plan
+    return prestart(args, kill_timeout=kill_timeout, grace=TREE_GRACE)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    early = early_start(args, sys.argv[0])
+    try:
+        return _main(args, early)
+    finally:
+        if early is not None and not early.taken:
+            early.abandon(early.kill_timeout + TREE_GRACE)
+
+
+def _main(args: list[str], early: Prestarted | None) -> int:
+    from ._config import ConfigError, parse_invocation
+
     try:
         invocation = parse_invocation(args, sys.argv[0])
     except ConfigError as exc:
@@ -140,10 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C ends the demo
 
         return trio.run(run_demo, invocation.config.claude)
-    return _run(invocation)
+    return _run(invocation, early)
 
 
-def _run(invocation: Invocation) -> int:
+def _run(invocation: Invocation, early: Prestarted | None) -> int:
     helper_pid = os.environ.get(HELPER_PID_VARIABLE)
     if helper_pid is not None and helper_pid == str(os.getppid()):
         return _error(
@@ -165,14 +260,17 @@ def _run(invocation: Invocation) -> int:
     assert resolved is not None
     claude = resolved
     if wants_stream_json_input(invocation.claude_args):
-        # The CLI first, so that it boots while trio and the relay are imported.
-        from ._launch import prestart
-        from ._policy import TREE_GRACE
-
         policy = invocation.config.policy
-        early = prestart(
-            [claude, *invocation.claude_args], kill_timeout=policy.kill_timeout, grace=TREE_GRACE
-        )
+        wanted = (claude, *invocation.claude_args)
+        if early is None or early.args != wanted or early.kill_timeout != policy.kill_timeout:
+            # Not started early, or not as the full reading says: now, the same way.
+            if early is not None:
+                early.abandon(early.kill_timeout + TREE_GRACE)
+            from ._launch import prestart
+
+            early = prestart(wanted, kill_timeout=policy.kill_timeout, grace=TREE_GRACE)
+        if early is not None:
+            early.taken = True
         import trio
 
         from ._relay import Relay

@@ -17,6 +17,8 @@ from typing import Any, NoReturn
 
 import attrs
 
+from ._args import split_invocation
+from ._args import wants_stream_json_input as wants_stream_json_input
 from ._framing import DEFAULT_MAX_LINE_BYTES
 from ._policy import EscalationPolicy
 
@@ -177,34 +179,21 @@ def parse_invocation(
     argv: Sequence[str], prog: str, environ: Mapping[str, str] = os.environ
 ) -> Invocation:
     """Reads the command line. Raises ConfigError for a bad option or variable."""
-    parser = build_parser("claude-supervisor")
-    args = list(argv)
-    masquerading = Path(prog).name == "claude"
-    if not masquerading and args[:1] == ["demo"]:
+    mode, own, claude_args = split_invocation(argv, prog)
+    if mode == "demo":
         demo = _Parser(prog="claude-supervisor demo", description="a scripted session")
         demo.add_argument("--claude", default=None)
-        parsed = demo.parse_args(args[1:])
-        flags = {"claude": parsed.claude}
-        return Invocation("demo", from_sources(flags, environ))
-    if not masquerading and args in (["--help"], ["-h"]):
+        parsed = demo.parse_args(own)
+        return Invocation("demo", from_sources({"claude": parsed.claude}, environ))
+    if mode == "help":
+        parser = build_parser("claude-supervisor")
         return Invocation("help", WrapperConfig(), help_text=parser.format_help())
-    if not masquerading and args == ["--version"]:
+    if mode == "version":
         return Invocation("version", WrapperConfig())
-    if masquerading or "--" not in args:
-        return Invocation("run", from_sources({}, environ), tuple(args))
-    split = args.index("--")
-    parsed = parser.parse_args(args[:split])
-    flags = {option.name: getattr(parsed, option.name) for option in OPTIONS}
-    if parsed.version:
-        return Invocation("version", WrapperConfig())
-    return Invocation("run", from_sources(flags, environ), tuple(args[split + 1 :]))
-
-
-def wants_stream_json_input(claude_args: Sequence[str]) -> bool:
-    """Whether the CLI will read stream-json frames (else the wrapper passes through)."""
-    args = list(claude_args)
-    return any(
-        arg == "--input-format=stream-json"
-        or (arg == "--input-format" and args[i + 1 : i + 2] == ["stream-json"])
-        for i, arg in enumerate(args)
-    )
+    flags: dict[str, str | None] = {}
+    if own:
+        parsed = build_parser("claude-supervisor").parse_args(own)
+        if parsed.version:
+            return Invocation("version", WrapperConfig())
+        flags = {option.name: getattr(parsed, option.name) for option in OPTIONS}
+    return Invocation("run", from_sources(flags, environ), tuple(claude_args))

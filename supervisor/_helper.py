@@ -30,8 +30,8 @@ import trio
 from . import _launch as hub_process
 from . import _tree as tree
 from ._framing import LineSplitter
+from ._grace import REAP_GRACE, TREE_GRACE
 from ._launch import HubProcess, Prestarted
-from ._policy import REAP_GRACE, TREE_GRACE
 
 #: A report of the hub about one run, one JSON object (see `_hub`).
 Report = dict[str, object]

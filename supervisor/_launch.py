@@ -13,19 +13,20 @@ request with the CLI's three pipes attached), is in `_hub`.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import json
 import os
 import select
 import signal
 import socket
-import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+# What only some callers need (`start`, a spawn request, prctl in the hub, a timeout)
+# is imported where it is used: `prestart` runs before the CLI starts, and every
+# millisecond spent importing here is one the CLI starts later.
+if TYPE_CHECKING:
+    import subprocess
 
 #: Set in each CLI's environment to the hub's pid (the executable's recursion guard).
 HUB_PID_VARIABLE = "CLAUDE_SUPERVISOR_HELPER_PID"
@@ -62,6 +63,8 @@ def start(
     With `new_session` the hub (and so every CLI) runs in a session of its own, so a
     terminal's Ctrl-C reaches none; else in `process_group` (see `subprocess.Popen`).
     """
+    import subprocess
+
     control, theirs = socket.socketpair()
     try:
         process = subprocess.Popen(
@@ -110,6 +113,8 @@ class Forked:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
+        import subprocess
+
         if self.poll() is None:
             try:
                 ready = os.pidfd_open(self.pid)
@@ -143,6 +148,8 @@ def _prctl(option: int, value: int) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
+        import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
         return bool(libc.prctl(option, value, 0, 0, 0) == 0)
     except (OSError, AttributeError):
@@ -244,6 +251,8 @@ def spawn_request(
     grace: float,
 ) -> bytes:
     """What asks the hub to run `args`; send it with the CLI's stdin, stdout, stderr."""
+    import json
+
     request = {
         "op": "spawn",
         "args": list(args),
@@ -256,28 +265,47 @@ def spawn_request(
     return json.dumps(request).encode() + b"\n"
 
 
-@dataclass(frozen=True)
 class Prestarted:
     """A hub started, and a CLI asked of it, before the host's event loop existed.
 
     `process` and `control` are the hub (for `_helper.Hub.adopt`); `sock` is the run's
     session socket and `fds` the host's ends of the CLI's stdin, stdout and stderr, for
-    `_helper.start_run` to take over, or for `discard` if the run is not wanted.
+    `_helper.start_run` to take over, or for `discard` if the run is not wanted. (A plain
+    class: `dataclasses` costs the executable's early start a few milliseconds.)
     """
 
-    args: tuple[str, ...]
-    process: HubProcess
-    control: socket.socket
-    sock: socket.socket
-    tag: str
-    started: float
-    fds: tuple[int, int, int]
+    def __init__(
+        self,
+        args: tuple[str, ...],
+        kill_timeout: float,
+        process: HubProcess,
+        control: socket.socket,
+        sock: socket.socket,
+        tag: str,
+        started: float,
+        fds: tuple[int, int, int],
+    ) -> None:
+        self.args, self.kill_timeout, self.process = args, kill_timeout, process
+        self.control, self.sock, self.tag, self.started = control, sock, tag, started
+        self.fds = fds
+        #: Set once a relay has taken the run over: from then on it is the relay's.
+        self.taken = False
 
     def discard(self) -> None:
         """Lets go of the run: the hub sees its session end and kills the CLI."""
         self.sock.close()
         for fd in self.fds:
             os.close(fd)
+
+    def abandon(self, timeout: float) -> None:
+        """Lets go of the run and of its hub, and waits (at most `timeout`) until the
+        hub has killed the CLI and exited: an executable that ends here leaves nothing."""
+        self.discard()
+        self.control.close()
+        import subprocess
+
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout)
 
 
 def prestart(args: Sequence[str], *, kill_timeout: float, grace: float) -> Prestarted | None:
@@ -314,6 +342,8 @@ def prestart(args: Sequence[str], *, kill_timeout: float, grace: float) -> Prest
                 os.close(fd)
             code = _prestarted_hub(args, theirs, hub_control, hub_sock, tag, kill_timeout, grace)
         except BaseException:
+            import traceback
+
             traceback.print_exc()
         finally:
             os._exit(code)
@@ -321,7 +351,7 @@ def prestart(args: Sequence[str], *, kill_timeout: float, grace: float) -> Prest
         os.close(fd)
     hub_control.close()
     hub_sock.close()
-    return Prestarted(tuple(args), Forked(pid), control, sock, tag, started, ours)
+    return Prestarted(tuple(args), kill_timeout, Forked(pid), control, sock, tag, started, ours)
 
 
 def _prestarted_hub(

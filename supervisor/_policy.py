@@ -12,15 +12,9 @@ import math
 
 import attrs
 
-#: The one owner of the "grace after the kill" (every other such delay derives from it):
-#: how long, after `kill_timeout`, SIGKILLed processes may take to disappear before the
-#: supervisor gives up on the tree (a process stuck in the kernel, e.g. on a dead NFS
-#: mount).
-REAP_GRACE = 5.0
-
-#: The helper's own kill rounds stop this much earlier (one second under `REAP_GRACE`),
-#: so that its report reaches the session before the session gives up waiting.
-TREE_GRACE = REAP_GRACE - 1.0
+from ._grace import KILL_TIMEOUT
+from ._grace import REAP_GRACE as REAP_GRACE
+from ._grace import TREE_GRACE as TREE_GRACE
 
 
 def _positive_finite(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -51,7 +45,9 @@ class EscalationPolicy:
     #: After SIGINT, how long to wait for the CLI to exit.
     sigint_timeout: float = attrs.field(default=3.0, converter=float, validator=_positive_finite)
     #: After SIGTERM to every process of the tree, how long before SIGKILL.
-    kill_timeout: float = attrs.field(default=1.0, converter=float, validator=_positive_finite)
+    kill_timeout: float = attrs.field(
+        default=KILL_TIMEOUT, converter=float, validator=_positive_finite
+    )
     #: After stdin EOF on close, how long the CLI may take to exit before the ladder.
     exit_timeout: float = attrs.field(default=3.0, converter=float, validator=_positive_finite)
     #: After a respawn, how long the resumed CLI may take to answer its first control

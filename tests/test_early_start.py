@@ -1,0 +1,193 @@
+"""The executable's early start: the CLI it starts before the full reading of its
+command line is the one that reading asks for, or it is not kept.
+
+`_cli.early_plan` reads the invocation without argparse or attrs, to start the CLI
+while the wrapper imports the rest; `_cli._run` keeps that CLI only if the full reading
+(`_config.parse_invocation`) agrees. These tests hold the two readings together.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from supervisor._args import split_invocation, wants_stream_json_input
+from supervisor._cli import _FLAGS, _resolve_claude, early_plan, find_real_claude
+from supervisor._config import OPTIONS, ConfigError, parse_invocation
+
+STREAM = ["-p", "--input-format", "stream-json", "--output-format", "stream-json"]
+
+
+def _executable(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def clis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A `claude` on PATH, another one on PATH under another name, one elsewhere."""
+    on_path = tmp_path / "bin"
+    found = {
+        "claude": _executable(on_path / "claude"),
+        "other": _executable(on_path / "other-claude"),
+        "elsewhere": _executable(tmp_path / "opt" / "claude"),
+    }
+    monkeypatch.setenv("PATH", str(on_path))
+    return found
+
+
+def test_the_wrappers_flags_are_the_ones_the_early_reading_knows() -> None:
+    assert {option.flag for option in OPTIONS} == _FLAGS
+
+
+@pytest.mark.parametrize(
+    ("argv", "prog", "expected"),
+    [
+        (["-p", "--", "x"], "claude", ("run", [], ["-p", "--", "x"])),
+        (["--help"], "claude", ("run", [], ["--help"])),
+        (["--help"], "claude-supervisor", ("help", [], [])),
+        (["--version"], "claude-supervisor", ("version", [], [])),
+        (["demo", "--claude", "c"], "claude-supervisor", ("demo", ["--claude", "c"], [])),
+        (["--kill-timeout", "2", "--", "-p"], "cs", ("run", ["--kill-timeout", "2"], ["-p"])),
+        (["-p", "--kill-timeout", "2"], "cs", ("run", [], ["-p", "--kill-timeout", "2"])),
+    ],
+)
+def test_a_command_line_splits_into_the_wrappers_and_the_clis_arguments(
+    argv: list[str], prog: str, expected: tuple[str, list[str], list[str]]
+) -> None:
+    assert split_invocation(argv, prog) == expected
+
+
+def test_the_usual_invocations_start_the_cli_early(clis: dict[str, Path]) -> None:
+    """An SDK's (every argument the CLI's, options from the environment), the `--` form,
+    and the wrapper installed as `claude`: what would make early starts rare fails here."""
+    elsewhere = str(clis["elsewhere"])
+    sdk = early_plan(STREAM, "/usr/bin/claude-supervisor", {"CLAUDE_SUPERVISOR_CLAUDE": elsewhere})
+    assert sdk == ([elsewhere, *STREAM], 1.0)
+    flags = ["--claude", elsewhere, "--kill-timeout", "2.5", "--interrupt-timeout", "3", "--"]
+    assert early_plan([*flags, *STREAM], "claude-supervisor", {}) == ([elsewhere, *STREAM], 2.5)
+    environ = {"CLAUDE_SUPERVISOR_CLAUDE": "other-claude", "PATH": os.environ["PATH"]}
+    assert early_plan(STREAM, "/somewhere/claude", environ) == ([str(clis["other"]), *STREAM], 1.0)
+
+
+def test_anything_but_a_stream_json_run_is_left_to_the_full_reading(
+    clis: dict[str, Path],
+) -> None:
+    environ = {"CLAUDE_SUPERVISOR_CLAUDE": str(clis["elsewhere"])}
+    for argv in (
+        ["-p", "hello"],  # pass-through mode: no relay to adopt the CLI
+        ["--help"],
+        ["demo"],
+        ["--cla", str(clis["elsewhere"]), "--", *STREAM],  # argparse's abbreviation
+        ["--kill-timeout", "soon", "--", *STREAM],  # an error, said by the full reading
+        ["--claude", "/no/such/claude", "--", *STREAM],
+    ):
+        assert early_plan(argv, "claude-supervisor", environ) is None, argv
+
+
+_VALUES = {
+    "--claude": ["elsewhere", "other-claude", "claude", "/no/such/claude", ""],
+    "--kill-timeout": ["2", "1", "1e0", "soon", "-1", ""],
+    "--interrupt-timeout": ["3", "0"],
+    "--max-line-bytes": ["4096", "5"],
+    "--cla": ["elsewhere"],
+    "--version": [],
+}
+
+
+@st.composite
+def invocations(draw: st.DrawFn) -> tuple[list[str], str, dict[str, str]]:
+    own: list[str] = []
+    for flag in draw(st.lists(st.sampled_from(sorted(_VALUES)), max_size=4)):
+        values = _VALUES[flag]
+        if not values:
+            own.append(flag)
+        elif draw(st.booleans()):
+            own.append(f"{flag}={draw(st.sampled_from(values))}")
+        else:
+            own += [flag, draw(st.sampled_from(values))]
+    theirs = draw(
+        st.sampled_from(
+            [STREAM, ["--input-format=stream-json"], ["-p", "hi"], ["--kill-timeout", "9", *STREAM]]
+        )
+    )
+    separator = draw(st.booleans())
+    argv = [*own, "--", *theirs] if separator else theirs
+    prog = draw(st.sampled_from(["claude-supervisor", "/bin/claude"]))
+    environ: dict[str, str] = {}
+    for variable, values in (
+        ("CLAUDE_SUPERVISOR_CLAUDE", ["elsewhere", "other-claude", ""]),
+        ("CLAUDE_SUPERVISOR_KILL_TIMEOUT", ["3", "soon"]),
+        ("CLAUDE_SUPERVISOR_INTERRUPT_TIMEOUT", ["2", "-1"]),
+    ):
+        if draw(st.booleans()):
+            environ[variable] = draw(st.sampled_from(values))
+    return argv, prog, environ
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(invocations())
+def test_an_early_start_is_the_start_the_full_reading_asks_for(
+    clis: dict[str, Path], invocation: tuple[list[str], str, dict[str, str]]
+) -> None:
+    """Whenever the early reading starts a CLI and the full reading runs one, they are
+    the same CLI with the same arguments and kill timeout (`_run` compares them too)."""
+    argv, prog, environ = invocation
+    elsewhere = str(clis["elsewhere"])
+    argv = [elsewhere if arg.endswith("elsewhere") and "=" not in arg else arg for arg in argv]
+    argv = [arg.replace("=elsewhere", f"={elsewhere}") for arg in argv]
+    environ = {k: elsewhere if v == "elsewhere" else v for k, v in environ.items()}
+    environ["PATH"] = os.environ["PATH"]
+    plan = early_plan(argv, prog, environ)
+    try:
+        full = parse_invocation(argv, prog, environ)
+    except ConfigError:
+        return  # the executable exits 2; `main` abandons whatever started early
+    if full.mode != "run" or not wants_stream_json_input(full.claude_args):
+        assert plan is None
+        return
+    named = full.config.claude or find_real_claude(environ["PATH"])
+    resolved, problem = _resolve_claude(named) if named is not None else (None, None)
+    if problem is not None or resolved is None:
+        assert plan is None
+        return
+    if plan is not None:
+        assert plan == ([resolved, *full.claude_args], full.config.policy.kill_timeout)
+
+
+async def test_a_cli_started_early_for_a_bad_invocation_is_gone_when_the_wrapper_exits(
+    tmp_path: Path,
+) -> None:
+    """The early reading cannot tell that 5 bytes is too small a line limit: it starts the
+    CLI, the full reading refuses the option, and the wrapper ends that CLI before it
+    exits with the error, rather than leaving it to its hub. (The CLI ignores SIGTERM
+    until it has said it started: the hub's SIGKILL comes a second later.)"""
+    started = tmp_path / "started"
+    cli = tmp_path / "claude"
+    cli.write_text(
+        f"#!/bin/sh\ntrap '' TERM\necho $$ > {started}.tmp && mv {started}.tmp {started}\n"
+        "exec sleep 60\n"
+    )
+    cli.chmod(0o755)
+    result = await trio.run_process(
+        [sys.executable, "-m", "supervisor", "--claude", str(cli), "--max-line-bytes", "5",
+         "--", *STREAM],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--max-line-bytes: must be at least 1024 bytes" in result.stderr.decode()
+    # It was started (the path under test), and is gone: nothing is left to the audit.
+    pid = int(started.read_text())
+    with pytest.raises(psutil.NoSuchProcess):
+        psutil.Process(pid)
