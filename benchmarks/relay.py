@@ -7,10 +7,15 @@ reader for both: throughput of floods of ~200-byte frames and of 1 MB frames, th
 latency each frame of a 1 kHz stream gains (the CLI stamps each frame with
 CLOCK_MONOTONIC when it writes it; the reader stamps it on arrival), a one-frame echo
 round trip, and the wrapper's peak resident memory (VmHWM) over all the bursts.
+
+The wrapper asks for a 1 MiB pipe to its parent (`_relay._widen_pipe`), where a direct
+pipe keeps the kernel's 64 KiB: the floods are also run on a direct pipe widened the
+same way, so that what the relay costs can be told from what the wider pipe gains.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -37,6 +42,8 @@ from .common import (
 )
 
 FLOOD_CLI = Path(__file__).resolve().parent / "flood_cli.py"
+WIDE = "direct pipe, 1 MiB"
+WIDE_BYTES = 1 << 20  # what the wrapper asks for its own pipe to the parent
 
 
 def wrapper_command() -> list[str]:
@@ -48,14 +55,20 @@ def wrapper_command() -> list[str]:
 class Pipe:
     """A stream-json process on pipes, read in big chunks; each line stamped on arrival."""
 
-    def __init__(self, command: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
+    def __init__(
+        self, command: list[str], env: dict[str, str], cwd: Path | None = None, widen: int = 0
+    ) -> None:
         self.process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env, cwd=cwd
         )
         assert self.process.stdin is not None and self.process.stdout is not None
         self._in = self.process.stdin.fileno()
         self._out = self.process.stdout.fileno()
+        if widen:
+            fcntl.fcntl(self._out, fcntl.F_SETPIPE_SZ, widen)
         self._buffer = b""
+        self._at = 0  # where the next line starts in `_buffer` (slicing it off per line
+        # would make the reader quadratic in the read's size, and the reader the bottleneck)
         self._stamp = 0
 
     def send(self, text: str) -> int:
@@ -71,15 +84,15 @@ class Pipe:
     def until(self, wanted: Callable[[Json], bool]) -> tuple[int, Json]:
         """Reads frames until one is `wanted`: (its arrival time, the frame)."""
         while True:
-            newline = self._buffer.find(b"\n")
+            newline = self._buffer.find(b"\n", self._at)
             if newline < 0:
                 chunk = os.read(self._out, 1 << 20)
                 self._stamp = now_ns()
                 if not chunk:
                     raise RuntimeError("the CLI's output ended before the frame awaited")
-                self._buffer += chunk
+                self._buffer, self._at = self._buffer[self._at :] + chunk, 0
                 continue
-            raw, self._buffer = self._buffer[: newline + 1], self._buffer[newline + 1 :]
+            raw, self._at = self._buffer[self._at : newline + 1], newline + 1
             frame = json.loads(raw)
             if isinstance(frame, dict) and wanted(frame):
                 return self._stamp, frame
@@ -88,16 +101,16 @@ class Pipe:
         """Reads until the turn's result: (result arrival ns, bytes, lines) of the turn."""
         total = lines = 0
         while True:
-            newline = self._buffer.find(b"\n")
+            newline = self._buffer.find(b"\n", self._at)
             if newline < 0:
                 chunk = os.read(self._out, 1 << 20)
                 stamp = now_ns()
                 if not chunk:
                     raise RuntimeError("the CLI's output ended before the result")
-                self._buffer += chunk
+                self._buffer, self._at = self._buffer[self._at :] + chunk, 0
                 self._stamp = stamp
                 continue
-            raw, self._buffer = self._buffer[: newline + 1], self._buffer[newline + 1 :]
+            raw, self._at = self._buffer[self._at : newline + 1], newline + 1
             total += len(raw)
             lines += 1
             if on_line is not None:
@@ -185,17 +198,20 @@ def main() -> None:
             for pipe in pipes.values():
                 echo_trial(pipe)  # started and answering
             idle_rss = pipes["claude-supervisor"].rss_mb()
+            wide = Pipe([str(shim), *STREAM_ARGS], env, widen=WIDE_BYTES)
+            echo_trial(wide)
+            floods = {**pipes, WIDE: wide}
 
             for label, size, count, minimum in (
                 ("small-frame flood (~200 B)", 200, small_count, 0.5),
                 ("1 MB frames", 1 << 20, big_count, 0.8),
             ):
-                rates: dict[str, list[float]] = {name: [] for name in pipes}
-                frames: dict[str, list[float]] = {name: [] for name in pipes}
-                steps = list(interleaved(list(pipes), trials))
+                rates: dict[str, list[float]] = {name: [] for name in floods}
+                frames: dict[str, list[float]] = {name: [] for name in floods}
+                steps = list(interleaved(list(floods), trials))
                 for done, (_round, name, warmup) in enumerate(steps, 1):
                     progress.trial(f"{label} via {name}", done, len(steps))
-                    mbps, fps = flood_trial(pipes[name], size, count)
+                    mbps, fps = flood_trial(floods[name], size, count)
                     if not warmup:
                         rates[name].append(mbps)
                         frames[name].append(fps)
@@ -215,6 +231,17 @@ def main() -> None:
                 )
                 progress.result(comp)
                 comparisons.append(comp)
+                wide_base = summary(WIDE, rates[WIDE])
+                comp = comparison(
+                    f"relay throughput, {label}, against a pipe as wide as the wrapper's",
+                    "MB/s",
+                    wide_base,
+                    subject,
+                    value=f"{subject['median'] / wide_base['median']:.1%} of a 1 MiB pipe",
+                )
+                progress.result(comp)
+                comparisons.append(comp)
+            wide.close()
 
             latency: dict[str, list[float]] = {name: [] for name in pipes}
             steps = list(interleaved(list(pipes), max(2, trials - 2)))
