@@ -37,7 +37,7 @@ import trio
 
 from . import _protocol as protocol
 from ._errors import SessionClosedError, SessionFailedError, SupervisorError
-from ._framing import DEFAULT_MAX_LINE_BYTES, Frame
+from ._framing import DEFAULT_MAX_LINE_BYTES
 from ._policy import EscalationPolicy
 from ._pool_store import ChatRecord, PoolStore
 from ._report import CancelReport
@@ -200,13 +200,13 @@ class _Pending:
 
 
 class _Inflight:
-    """A turn handed to the chat's session; frames are held back (`held`) while a resumed
-    CLI has not yet proven that it found its transcript."""
+    """A turn handed to the chat's session; frames are held back (`held`, with their
+    sizes) while a resumed CLI has not yet proven that it found its transcript."""
 
     def __init__(self, pending: _Pending, turn: Turn, check_lost: bool) -> None:
         self.pending = pending
         self.session_turn = turn
-        self.held: list[dict[str, Any]] | None = [] if check_lost else None
+        self.held: list[tuple[dict[str, Any], int]] | None = [] if check_lost else None
 
 
 class _Chat:
@@ -285,10 +285,6 @@ def _lost_message(frame: dict[str, Any]) -> str:
 
 def _is_supervisor_error(frame: dict[str, Any]) -> bool:
     return frame.get("type") == "system" and frame.get("subtype") == "supervisor_error"
-
-
-def _deliver(turn: Turn, data: dict[str, Any]) -> None:
-    turn._deliver(Frame(raw=b"", data=data))
 
 
 def _fail_turn(turn: Turn, session_id: str | None, reason: str, message: str) -> None:
@@ -828,20 +824,26 @@ class SessionPool:
         return bool(chat.pending)
 
     async def _forward(self, inflight: _Inflight) -> str | None:
-        """Copy the session turn's frames to the caller's turn. A resumed CLI's first turn
-        is held back until the CLI has written a frame of its own: if instead the resume
-        fails for a lost transcript, the turn goes to a new session, unseen."""
-        async for frame in inflight.session_turn:
+        """Copy the session turn's frames to the caller's turn as they come. The copy
+        never waits for the caller: the session counts what the caller's turn holds as
+        its own turn's backlog (`Turn._relay_to`), so it is the session that stops
+        reading the CLI when the caller falls behind, and lets go as for its own turns.
+
+        A resumed CLI's first turn is held back until the CLI has written a frame of its
+        own: if instead the resume fails for a lost transcript, the turn goes to a new
+        session, unseen."""
+        target = inflight.pending.turn
+        async for frame, size in inflight.session_turn._relay_to(target):
             if inflight.held is not None:
                 if _is_lost(frame):
                     return _lost_message(frame)
                 if _is_supervisor_error(frame):
-                    inflight.held.append(frame)
+                    inflight.held.append((frame, size))
                     continue
                 held, inflight.held = inflight.held, None
-                for early in held:
-                    _deliver(inflight.pending.turn, early)
-            _deliver(inflight.pending.turn, frame)
+                for early, early_size in held:
+                    target._put(early, early_size)
+            target._put(frame, size)
         return None
 
     async def _drain(self, chat: _Chat) -> None:
@@ -852,10 +854,11 @@ class SessionPool:
         for inflight in inflights:
             if inflight is None:
                 continue
-            for early in inflight.held or []:
-                _deliver(inflight.pending.turn, early)
-            async for frame in inflight.session_turn:
-                _deliver(inflight.pending.turn, frame)
+            target = inflight.pending.turn
+            for early, size in inflight.held or []:
+                target._put(early, size)
+            async for frame, size in inflight.session_turn._relay_to(target):
+                target._put(frame, size)
 
     def _count_cancel(self, chat: _Chat, report: CancelReport | None) -> None:
         """Count each cancel once: from `cancel()`, or from `last_report` (a supersede's)."""

@@ -55,6 +55,7 @@ class Turn:
         self._iterated = False
         self._let_go = False
         self._taken = taken  # tells the session there may be room
+        self._relayed_to: Turn | None = None  # see `_relay_to`
 
     def __repr__(self) -> str:
         return f"<Turn {self.id} {'done' if self._done.is_set() else 'running'}>"
@@ -75,10 +76,31 @@ class Turn:
 
     @property
     def behind(self) -> int:
-        """Bytes its iteration has yet to take, while the session waits for it."""
+        """Bytes its iteration has yet to take, while the session waits for it; for a
+        relayed turn, those the turn it is relayed to has yet to take as well."""
         if not self._iterated or self._let_go or self._done.is_set():
             return 0
-        return self._backlog
+        if self._relayed_to is None:
+            return self._backlog
+        return self._backlog + self._relayed_to.behind
+
+    def _relay_to(self, target: Turn) -> AsyncIterator[tuple[dict[str, Any], int]]:
+        """Iterate this turn to copy its frames, with their sizes, into `target` (a
+        `SessionPool` hands its callers such turns). The copy is made at once, so the
+        backlog that matters is the target's: it counts as this turn's (`behind`), and
+        taking from the target wakes this turn's session. A caller who iterates the
+        target slowly thus holds this session's CLI back by the same `TURN_BUFFER_BYTES`,
+        and its `result()` lets go, as if it iterated this turn."""
+        self._iterated = True
+        self._relayed_to = target
+        target._taken = self._taken
+        return self._sized()
+
+    async def _sized(self) -> AsyncIterator[tuple[dict[str, Any], int]]:
+        async for frame, size in self._receive:
+            self._backlog -= size
+            self._taken()
+            yield frame, size
 
     def let_go(self) -> None:
         """Stop holding the CLI back for this turn's iteration."""
@@ -93,13 +115,16 @@ class Turn:
         return self._result
 
     def _deliver(self, frame: Frame) -> None:
+        self._put(frame.data, len(frame.raw) + 1)
+
+    def _put(self, data: dict[str, Any], size: int) -> None:
+        """A frame for the turn, counted as the `size` bytes of its line."""
         if self._done.is_set():
             return
-        size = len(frame.raw) + 1
         self._backlog += size
-        self._send.send_nowait((frame.data, size))
-        if frame.type == "result":
-            self._result = frame.data
+        self._send.send_nowait((data, size))
+        if data.get("type") == "result":
+            self._result = data
             self._done.set()
             self._send.close()
 

@@ -1,7 +1,8 @@
 """A parent that stops reading: the wrapper stops reading the CLI, whose own pipe then
 fills (as it would without us), instead of buffering the flood in its memory. Nothing
 is lost, the order is kept, and a cancel sent meanwhile still ends the turn, once. The
-same for the library: a turn iterated slowly holds the CLI back."""
+same for the library: a turn iterated slowly holds the CLI back, and so does a session
+pool's turn, whose frames come through a session of the pool's."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from wrapper_harness import (
     user,
 )
 
-from supervisor import open_session
+from supervisor import SessionPool, open_session
+from supervisor._process import READ_BYTES
+from supervisor._session import TURN_BUFFER_BYTES
 
 #: What the flooding CLI writes: FRAMES lines of about 1 KB, far more than the bounded
 #: buffer of the wrapper (RELAY_BUFFER_BYTES, 1 MiB) and the pipes' (64 KiB each).
@@ -107,14 +110,23 @@ async def flooding(tmp_path: Path, home: Path) -> AsyncIterator[tuple[Wrapper, P
         await w.kill()
 
 
+#: What the supervisor may hold of a turn nobody takes from: the turn's buffer, the read
+#: that went over it, the pipe's 64 KiB (and the CLI's progress steps of 64 frames).
+HELD_BOUND = TURN_BUFFER_BYTES + READ_BYTES + 1024 * 1024
+
+
+async def written_so_far(progress: Path) -> int:
+    path = trio.Path(progress)
+    return int(await path.read_text() or 0) if await path.exists() else 0
+
+
 async def written_when_blocked(progress: Path) -> int:
     """How much the CLI had written once it stopped making progress (its pipe full)."""
     seen, still = -1, 0
     with trio.fail_after(60):
         while still < 10:  # a second without a byte more
             await trio.sleep(0.1)
-            path = trio.Path(progress)
-            now = int(await path.read_text() or 0) if await path.exists() else 0
+            now = await written_so_far(progress)
             still = still + 1 if now == seen and now > 0 else 0
             seen = now
     return seen
@@ -209,3 +221,72 @@ async def test_a_cancel_ends_a_turn_whose_iteration_stalled_in_band(
         seqs += [f["seq"] async for f in frames if f.get("type") == "assistant"]
         assert seqs == list(range(result["frames"])), "frames lost or out of order"
         assert 0 < result["frames"] < FRAMES  # the flood was stopped by the cancel
+
+
+async def test_a_pool_turn_iterated_slowly_holds_the_cli_back_and_loses_nothing(
+    tmp_path: Path, home: Path
+) -> None:
+    claude, progress = flood_cli(tmp_path)
+    async with SessionPool(ARGS, claude=claude, policy=IN_BAND) as pool:
+        # Awaiting only the result lets go: a flood far over the buffer still ends.
+        turn = await pool.send("chat", f"flood {FRAMES // 16}")
+        assert (await turn.result())["frames"] == FRAMES // 16
+        before = await written_so_far(progress)
+
+        turn = await pool.send("chat", f"flood {FRAMES}")
+        frames = aiter(turn)
+        first = await anext(frames)  # iterating, then taking nothing for a while
+        seqs = [first["seq"]] if first.get("type") == "assistant" else []
+        held = await written_when_blocked(progress) - before
+        assert held < HELD_BOUND, f"the pool held {held} bytes of a turn nobody read"
+        async for frame in frames:
+            if frame.get("type") == "assistant":
+                seqs.append(frame["seq"])
+        assert seqs == list(range(FRAMES)), "frames lost or out of order"
+        assert (await turn.result())["frames"] == FRAMES
+
+
+@pytest.mark.parametrize("how", ["cancel", "supersede"])
+async def test_a_cancel_ends_a_pool_turn_whose_iteration_stalled(
+    tmp_path: Path, home: Path, how: str
+) -> None:
+    claude, progress = flood_cli(tmp_path)
+    async with SessionPool(ARGS, claude=claude, policy=IN_BAND) as pool:
+        turn = await pool.send("chat", f"flood {FRAMES}")
+        frames = aiter(turn)
+        first = await anext(frames)
+        await written_when_blocked(progress)
+        # The CLI is heard again while the turn ends, and the chat goes on to its next
+        # turn although the stalled caller still takes nothing.
+        if how == "cancel":
+            report = await pool.cancel("chat")
+            assert report is not None and report.path == "interrupt"
+            after = await pool.send("chat", "flood 10")
+        else:
+            after = await pool.supersede("chat", "flood 10")
+        with trio.fail_after(60):
+            assert (await after.result())["frames"] == 10
+        assert turn.done
+        result = await turn.result()
+        seqs = [first["seq"]] if first.get("type") == "assistant" else []
+        seqs += [f["seq"] async for f in frames if f.get("type") == "assistant"]
+        assert seqs == list(range(result["frames"])), "frames lost or out of order"
+        assert 0 < result["frames"] < FRAMES  # the flood was stopped by the cancel
+        assert pool.stats.cancels_by_path == {"interrupt": 1}
+
+
+async def test_closing_the_pool_lets_go_of_a_stalled_pool_turn(tmp_path: Path, home: Path) -> None:
+    claude, progress = flood_cli(tmp_path)
+    with trio.fail_after(60):
+        async with SessionPool(ARGS, claude=claude, policy=IN_BAND) as pool:
+            turn = await pool.send("chat", f"flood {FRAMES}")
+            frames = aiter(turn)
+            first = await anext(frames)
+            await written_when_blocked(progress)
+        # Closed although nobody read: the turn has its result, after every frame read.
+    result = await turn.result()
+    assert result["is_error"]
+    seqs = [first["seq"]] if first.get("type") == "assistant" else []
+    seqs += [f["seq"] async for f in frames if f.get("type") == "assistant"]
+    assert seqs == list(range(len(seqs))), "frames lost or out of order"
+    assert 0 < len(seqs) < FRAMES
