@@ -147,15 +147,13 @@ class Relay:
         elif len(frame.raw) < _COPY_BYTES:
             self._send(frame.raw + b"\n")
         else:
-            self._send(frame.raw)
-            self._send(b"\n")
+            self._send(frame.raw, b"\n")
 
     def _deliver_lines(self, lines: Sequence[bytes], turn: int | None) -> None:
         """A run of the CLI's frames, as it wrote them: one piece (one copy) for the
         whole run, each line ended by its newline. A single long line is not copied."""
         if len(lines) == 1 and len(lines[0]) >= _COPY_BYTES and not self._streaming:
-            self._send(lines[0])
-            self._send(b"\n")
+            self._send(lines[0], b"\n")
             return
         data = b"\n".join([*lines, b""])
         if self._streaming:
@@ -175,7 +173,6 @@ class Relay:
         absorbs a slow reader.
         """
         if isinstance(item, ReadDone):
-            self._flush()
             while self._queued_bytes > RELAY_BUFFER_BYTES and not self._writer_gone:
                 self._room = trio.Event()
                 await self._room.wait()
@@ -197,13 +194,29 @@ class Relay:
         for line in held:
             self._send(line)
 
-    def _send(self, piece: bytes) -> None:
+    def _send(self, *pieces: bytes) -> None:
+        """Queues `pieces` for stdout; when nothing is queued and the writer is idle,
+        writes them at once, from the caller's task (the reader's, mostly): a frame then
+        costs no wake-up of the writer and no extra pass of the scheduler. What the pipe
+        does not take is left to the writer, which waits for room."""
         if self._writer_gone:  # counted, in case the writer was cut short (see there)
             if not self._out_closed.is_set():
-                self._dropped += piece.count(b"\n")  # a piece may hold a run of frames
+                # a piece may hold a run of frames
+                self._dropped += sum(piece.count(b"\n") for piece in pieces)
             return
-        self._out.append(piece)
-        self._queued_bytes += len(piece)
+        out = self._out
+        idle = not out
+        out.extend(pieces)
+        self._queued_bytes += sum(len(piece) for piece in pieces)
+        fd = self._idle_writer_fd
+        if idle and fd is not None:
+            try:
+                while out:
+                    self._write_some(fd)
+            except OSError:  # full (the writer waits for room) or broken (it will say so)
+                pass
+            if not out:
+                return
         self._out_ready.set()
 
     def _record_report(self, report: CancelReport | None) -> None:
@@ -305,17 +318,6 @@ class Relay:
                 written = 0
         if self._queued_bytes <= RELAY_BUFFER_BYTES:
             self._room.set()
-
-    def _flush(self) -> None:
-        """After a read: writes what it gave at once, from the reader's task, when the
-        pipe takes it and the writer is idle (so no other write is under way); what the
-        pipe does not take is left to the writer."""
-        fd = self._idle_writer_fd
-        try:
-            while self._out and fd is not None:
-                self._write_some(fd)
-        except OSError:  # full (the writer waits for room) or broken (it will say so)
-            pass
 
     def _bound_writes(self, deadline: float) -> None:
         self._write_deadline = deadline
