@@ -124,7 +124,7 @@ def test_a_fork_chain_started_by_a_turn_is_killed_and_the_cli_kept(
         before: frozenset[tree.Identity] = frozenset()
         wait_for(marker)
 
-        def listing() -> list[psutil.Process]:
+        def listing() -> list[tree.Proc]:
             return tree.turn_processes(h.proc.pid, before, {h.cli.pid})
 
         tree.terminate(listing, timeout=0.5, grace=TREE_GRACE)
@@ -174,7 +174,7 @@ def test_processes_in_the_clis_own_session_are_not_a_turns(
         own, tool = sorted(h.cli.children(), key=lambda p: p.create_time())
         assert os.getsid(own.pid) == os.getsid(h.cli.pid) != os.getsid(tool.pid)
         found = tree.turn_processes(h.proc.pid, frozenset(), {h.cli.pid})
-        assert found == [tool]
+        assert found == [tree.Proc.of(tool)]
         tree.terminate(lambda: found, timeout=5, grace=TREE_GRACE)
         assert not tool.is_running() or tool.status() == psutil.STATUS_ZOMBIE
         assert own.is_running() and own.status() != psutil.STATUS_ZOMBIE
