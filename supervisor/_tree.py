@@ -313,6 +313,11 @@ def descendants(
     looked_at: set[int] = set()  # a child re-parented mid-walk is met twice
     todo: list[Proc] = []
 
+    def skip_root_child(pid: int) -> bool:
+        # Met before, in this walk: not read, nor `sighted`, again (`SessionFilter._hold`
+        # would stop it and then let it go, as one it did not get to read).
+        return pid in looked_at or (skip is not None and skip(pid))
+
     def take(child: Proc, parent: int) -> None:
         if child.pid in looked_at:
             return
@@ -328,7 +333,7 @@ def descendants(
         # while it was walked has handed its children to the root (a subreaper), which
         # had already been read. A fork chain does this at every link. (A thread the
         # root started since it was read is not looked at: the hub has one.)
-        fresh = [c for c in children(root, skip, sighted) if c.pid not in looked_at]
+        fresh = children(root, skip_root_child, sighted)
         if not fresh:
             break
         for child in fresh:
