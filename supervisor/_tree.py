@@ -560,10 +560,17 @@ def terminate_steps(
     listing is repeated until it holds nothing new and everything in it has stopped (a
     stopped process cannot fork). Then SIGTERM, and SIGCONT so that stopped processes,
     ours or someone else's (a wedged CLI), can act on it at once rather than after
-    `timeout`. After `timeout`, or as soon as the listing is empty, rounds of freeze and
-    SIGKILL follow until it is empty, bounded by `timeout + grace` in all: this never
-    blocks without a deadline on processes it is trying to kill. (`grace` is
-    `_policy.TREE_GRACE`, passed in: the hub must not import the package's trio side.)
+    `timeout`. Until `timeout` has passed, or what was frozen has exited and the
+    listing is empty, it waits; then rounds of freeze and SIGKILL follow until the
+    listing is empty, bounded by `timeout + grace` in all: this never blocks without a
+    deadline on processes it is trying to kill. (`grace` is `_policy.TREE_GRACE`,
+    passed in: the hub must not import the package's trio side.)
+
+    What was frozen is waited for on its own, not listed again: the listing is the
+    costly part (a walk of every process of the tree), and a round of freeze lists
+    anything new anyway. The listing is only looked at while waiting once all that
+    was frozen has exited, so that what it started meanwhile (a shell's trap) still
+    gets the rest of `timeout` before SIGKILL.
 
     `seize`, if given, is the listing used to freeze: the same processes, each stopped
     as soon as it is found (`stop_on_sight`). `reap` is called while waiting, by a
@@ -575,24 +582,26 @@ def terminate_steps(
     deadline = start + timeout + grace
     signalled: set[Identity] = set()
 
-    def send(procs: Iterable[Proc], signum: int) -> None:
+    def send(procs: Iterable[Proc], *signums: int) -> None:
         for proc in procs:
-            if proc.send(signum) and signum in (signal.SIGTERM, signal.SIGKILL):
+            if proc.send(*signums):
                 signalled.add(proc.identity)
 
-    frozen = yield from _freeze(freezing, deadline, reap)
-    send(frozen, signal.SIGTERM)
-    send(frozen, signal.SIGCONT)
-    yield from _wait_gone(listing, min(start + timeout, deadline), reap)
+    frozen = yield from _freeze(freezing, deadline, reap, seized=seize is not None)
+    send(frozen, signal.SIGTERM, signal.SIGCONT)
+    term_end = min(start + timeout, deadline)
+    yield from _wait_exited(frozen, term_end, reap)
+    if time.monotonic() < term_end:
+        yield from _wait_gone(listing, term_end, reap)
     while True:
-        frozen = [p for p in (yield from _freeze(freezing, deadline, reap)) if running(p)]
+        frozen = yield from _freeze(freezing, deadline, reap, seized=seize is not None)
+        frozen = [proc for proc in frozen if not proc.exited]
         if not frozen and (yield from _stays_empty(listing, reap)):
             break
         send(frozen, signal.SIGKILL)  # even at the deadline: never leave them stopped
         if time.monotonic() >= deadline:
             break
-        again: Callable[[], list[Proc]] = functools.partial(list, frozen)
-        yield from _wait_gone(again, min(time.monotonic() + 0.5, deadline), reap)
+        yield from _wait_exited(frozen, min(time.monotonic() + 0.5, deadline), reap)
     return len(signalled)
 
 
@@ -600,6 +609,8 @@ def _freeze(
     listing: Callable[[], Iterable[Proc]],
     deadline: float,
     reap: Callable[[], None] | None,
+    *,
+    seized: bool,
 ) -> Generator[float, None, list[Proc]]:
     """SIGSTOPs what `listing()` gives until it gives nothing new and all of it stopped.
 
@@ -607,6 +618,7 @@ def _freeze(
     does not stop until it leaves it); zombies count as stopped. Two listings in a row
     must bring nothing new: one can miss a link of a chain that exits while it is walked
     (its child is re-parented to a thread of the subreaper that was already read).
+    With `seized`, the listing stopped what it found itself (`stop_on_sight`).
     """
     stopped: set[Identity] = set()
     quiet = 0
@@ -614,13 +626,11 @@ def _freeze(
         if reap is not None:
             reap()
         procs = list(listing())
-        new = False
-        for proc in procs:
-            if proc.identity in stopped:
-                continue
-            new = True
+        new = [proc for proc in procs if proc.identity not in stopped]
+        for proc in new:
             stopped.add(proc.identity)
-            proc.send(signal.SIGSTOP)
+            if not seized and not proc.stopped:
+                proc.send(signal.SIGSTOP)
         quiet = 0 if new else quiet + 1
         if quiet >= 2 or time.monotonic() >= deadline:
             return procs
@@ -628,10 +638,16 @@ def _freeze(
             yield 0.001
             continue
         # SIGSTOP is delivered asynchronously: until a process has stopped it may still
-        # fork, and its child is in the next listing only if we list after that.
+        # fork, and its child is in the next listing only if we list after that. (Once
+        # seen stopped, it is not read again.)
+        moving = [proc for proc in procs if not proc.stopped]
         wait_until = min(time.monotonic() + 0.2, deadline)
         delay = 0.0005
-        while any(not _stopped(p) for p in procs) and time.monotonic() < wait_until:
+        while True:
+            while moving and _stopped(moving[-1]):
+                moving.pop()
+            if not moving or time.monotonic() >= wait_until:
+                break
             yield delay
             delay = min(delay * 2, 0.01)
 
@@ -677,9 +693,32 @@ def _wait_gone(
             reap()
         if not any(running(p) for p in listing()) and (yield from _stays_empty(listing, reap)):
             return
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline:
             return
-        yield delay
+        yield min(delay, deadline - now)
+        delay = min(delay * 2, 0.05)
+
+
+def _wait_exited(
+    procs: Iterable[Proc], deadline: float, reap: Callable[[], None] | None
+) -> Generator[float, None, None]:
+    """Waits until none of `procs` runs (zombies count as gone), or `deadline`.
+
+    One read per process that has exited, and one per look for the first that has
+    not: a thousand processes are not all read again every few milliseconds.
+    """
+    left = list(procs)
+    delay = 0.001
+    while True:
+        if reap is not None:
+            reap()
+        while left and not running(left[-1]):
+            left.pop()
+        now = time.monotonic()
+        if not left or now >= deadline:
+            return
+        yield min(delay, deadline - now)
         delay = min(delay * 2, 0.05)
 
 
