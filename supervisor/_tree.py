@@ -34,7 +34,7 @@ import functools
 import os
 import signal
 import time
-from collections.abc import Callable, Collection, Generator, Iterable, Mapping
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping
 from typing import TypeVar, cast
 
 import psutil
@@ -64,15 +64,39 @@ class Proc:
     before each signal), which made a listing of a thousand processes take 200 ms.
     `start` (when it started, in clock ticks since boot) tells it from a later process
     on the same pid: `identity`. Nothing here is read again unless asked (`again`).
+
+    `term_kills`: SIGTERM would end it without its running any code of its own (its
+    default action, neither blocked, ignored nor caught; one thread, whose mask that
+    is). While it is stopped, what it would do about SIGTERM cannot change.
     """
 
-    __slots__ = ("pgrp", "pid", "ppid", "session", "start", "state", "threads")
+    __slots__ = (
+        "_pidfd",
+        "pgrp",
+        "pid",
+        "ppid",
+        "session",
+        "start",
+        "state",
+        "term_kills",
+        "threads",
+    )
 
     def __init__(
-        self, pid: int, ppid: int, pgrp: int, session: int, state: str, threads: int, start: int
+        self,
+        pid: int,
+        ppid: int,
+        pgrp: int,
+        session: int,
+        state: str,
+        threads: int,
+        start: int,
+        term_kills: bool = False,
     ) -> None:
         self.pid, self.ppid, self.pgrp, self.session = pid, ppid, pgrp, session
         self.state, self.threads, self.start = state, threads, start
+        self.term_kills = term_kills
+        self._pidfd: int | None = None  # opened before it was read (`children`)
 
     @classmethod
     def read(cls, pid: int) -> Proc | None:
@@ -88,16 +112,20 @@ class Proc:
         finally:
             os.close(fd)
         # "pid (comm) state ppid pgrp session ...": comm may hold spaces and parentheses.
+        # Fields 32 to 34 (from 1) are the masks of blocked, ignored and caught signals.
         fields = data[data.rfind(b")") + 2 :].split()
         try:
+            threads = int(fields[17])
+            handled = int(fields[29]) | int(fields[30]) | int(fields[31])
             return cls(
                 pid,
                 ppid=int(fields[1]),
                 pgrp=int(fields[2]),
                 session=int(fields[3]),
                 state=fields[0].decode(),
-                threads=int(fields[17]),
+                threads=threads,
                 start=int(fields[19]),
+                term_kills=threads == 1 and not handled & _SIGTERM_BIT,
             )
         except (IndexError, ValueError):
             return None
@@ -161,40 +189,69 @@ class Proc:
     def send(self, *signums: int, group: bool = False) -> bool:
         """Sends `signums`, in order, if the process is still this one; whether it was.
 
-        Through a pidfd, opened and then checked against `start`: the pid held this
+        Through a pidfd, opened and then checked against `start` (`_checked`). With
+        `group`, a process that leads its own process group (read after the signals)
+        has the group signalled too, while the pidfd shows it is not reaped: the group
+        of a live leader can hold only processes that joined it.
+        """
+
+        def act(now: Proc, send: Callable[[int], None]) -> None:
+            for signum in signums:
+                send(signum)
+            if group and os.getpgid(self.pid) == self.pid:
+                send(0)  # raises if reaped meanwhile
+                for signum in signums:
+                    os.killpg(self.pid, signum)
+
+        return self._checked(act) is not None
+
+    def end_if_stopped(self) -> Proc | None:
+        """SIGTERM and SIGCONT if the process is still this one, stopped (not traced),
+        and SIGTERM kills it outright (`term_kills`, read after it stopped, so true);
+        the process as read for the check, or None if it is gone."""
+
+        def act(now: Proc, send: Callable[[int], None]) -> None:
+            if now.state == "T" and now.term_kills:
+                send(signal.SIGTERM)
+                send(signal.SIGCONT)
+
+        return self._checked(act)
+
+    def _checked(self, act: Callable[[Proc, Callable[[int], None]], None]) -> Proc | None:
+        """`act(now, send)` if the pid still holds this process (`now`, read after the
+        pidfd was opened); `now`, or None if it does not (or a signal found it gone).
+
+        The pidfd is opened first, then checked against `start`: the pid held this
         process when the pidfd was opened (a pid is reused only once its process has
         been reaped, after which the check fails), and from then on the pidfd is this
         process whatever becomes of the pid. Where pidfds are missing (an old kernel,
-        no descriptor left), the check comes right before `kill`, as psutil does it.
-
-        With `group`, a process that leads its own process group (read after the
-        signals) has the group signalled too, while the pidfd shows it is not reaped:
-        the group of a live leader can hold only processes that joined it.
+        no descriptor left), the check comes right before `kill`, as psutil does it. A
+        process read with a pidfd opened just before (`children`, `pinned`) was read
+        after it was opened: it is not read again.
         """
+        pinned = self._pidfd is not None
         try:
-            pidfd: int | None = os.pidfd_open(self.pid)
+            pidfd = self._pidfd if pinned else os.pidfd_open(self.pid)
         except ProcessLookupError:
-            return False
+            return None
         except OSError:
             pidfd = None
+
+        def send(signum: int) -> None:
+            if pidfd is None:
+                os.kill(self.pid, signum)
+            else:
+                signal.pidfd_send_signal(pidfd, signum)
+
         try:
-            if self.again() is None:
-                return False
-            for signum in signums:
-                if pidfd is None:
-                    os.kill(self.pid, signum)
-                else:
-                    signal.pidfd_send_signal(pidfd, signum)
-            if group and os.getpgid(self.pid) == self.pid:
-                if pidfd is not None:
-                    signal.pidfd_send_signal(pidfd, 0)  # raises if reaped meanwhile
-                for signum in signums:
-                    os.killpg(self.pid, signum)
-            return True
+            now = self if pinned else self.again()
+            if now is not None:
+                act(now, send)
+            return now
         except OSError:  # gone (ESRCH), or not ours to signal (EPERM)
-            return False
+            return None
         finally:
-            if pidfd is not None:
+            if pidfd is not None and not pinned:
                 os.close(pidfd)
 
     def __eq__(self, other: object) -> bool:
@@ -208,6 +265,7 @@ class Proc:
 
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_SIGTERM_BIT = 1 << (signal.SIGTERM - 1)
 
 
 @functools.cache
@@ -259,32 +317,52 @@ def children(
     proc: Proc,
     skip: Callable[[int], bool] | None = None,
     sighted: Callable[[int], None] | None = None,
-) -> list[Proc]:
-    """The children of `proc`, zombies included, newest first; [] if it is gone.
+    *,
+    pinned: bool = False,
+) -> Iterator[Proc]:
+    """The children of `proc`, zombies included, newest first; none if it is gone.
 
     Pids for which `skip` is true are left out before anything is read about them;
-    `sighted` is called with each other one, before anything is read about it.
+    `sighted` is called with each other one, before anything is read about it. Each is
+    read when the one before has been dealt with. `pinned`: each comes with a pidfd
+    opened before it was read, so that it is signalled without being read again
+    (`Proc._checked`), until the next one is asked for.
     """
     if not _CHILDREN_FILES:
         try:
             pids = [c.pid for c in psutil.Process(proc.pid).children()]
         except GONE:
-            return []
+            return
         pids.sort()  # oldest first, as the kernel lists them (pids wrap: close enough)
     else:
         pids = _child_pids(proc)
-    found = []
     for pid in reversed(pids):  # newest first (see `descendants`)
         if skip is not None and skip(pid):
             continue
         if sighted is not None:
             sighted(pid)
+        pidfd = _pidfd_open(pid) if pinned else None
         child = Proc.read(pid)
         # The pid was read before the process: if it was reused in between, the
         # newcomer is not our child (unless it is, and then it counts).
-        if child is not None and child.ppid == proc.pid:
-            found.append(child)
-    return found
+        if child is None or child.ppid != proc.pid:
+            if pidfd is not None:
+                os.close(pidfd)
+            continue
+        child._pidfd = pidfd
+        try:
+            yield child
+        finally:
+            child._pidfd = None
+            if pidfd is not None:
+                os.close(pidfd)
+
+
+def _pidfd_open(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None  # gone (then there is nothing to read either), or no pidfds
 
 
 def descendants(
@@ -309,6 +387,7 @@ def descendants(
     root = Proc.read(pid)
     if root is None:
         return []
+    pinned = seen_one is not None  # it signals what it finds: no second read for that
     found: list[Proc] = []
     looked_at: set[int] = set()  # a child re-parented mid-walk is met twice
     todo: list[Proc] = []
@@ -333,14 +412,15 @@ def descendants(
         # while it was walked has handed its children to the root (a subreaper), which
         # had already been read. A fork chain does this at every link. (A thread the
         # root started since it was read is not looked at: the hub has one.)
-        fresh = children(root, skip_root_child, sighted)
+        fresh = False
+        for child in children(root, skip_root_child, sighted, pinned=pinned):
+            fresh = True
+            take(child, root.pid)
         if not fresh:
             break
-        for child in fresh:
-            take(child, root.pid)
         while todo:
             parent = todo.pop()
-            for child in children(parent):
+            for child in children(parent, pinned=pinned):
                 take(child, parent.pid)
     return found
 
@@ -587,8 +667,10 @@ def terminate_steps(
             if proc.send(*signums):
                 signalled.add(proc.identity)
 
-    frozen = yield from _freeze(freezing, deadline, reap, seized=seize is not None)
-    send(frozen, signal.SIGTERM, signal.SIGCONT)
+    frozen = yield from _freeze(freezing, deadline, reap, seized=seize is not None, term=signalled)
+    send(
+        (proc for proc in frozen if proc.identity not in signalled), signal.SIGTERM, signal.SIGCONT
+    )
     term_end = min(start + timeout, deadline)
     yield from _wait_exited(frozen, term_end, reap)
     if time.monotonic() < term_end:
@@ -611,6 +693,7 @@ def _freeze(
     reap: Callable[[], None] | None,
     *,
     seized: bool,
+    term: set[Identity] | None = None,
 ) -> Generator[float, None, list[Proc]]:
     """SIGSTOPs what `listing()` gives until it gives nothing new and all of it stopped.
 
@@ -619,9 +702,27 @@ def _freeze(
     must bring nothing new: one can miss a link of a chain that exits while it is walked
     (its child is re-parented to a thread of the subreaper that was already read).
     With `seized`, the listing stopped what it found itself (`stop_on_sight`).
+
+    With `term`, a process seen stopped that SIGTERM would kill outright (`term_kills`)
+    is sent SIGTERM and SIGCONT there and then, and its identity added to `term`: it
+    dies running none of its code (the kernel acts on the pending SIGTERM before it
+    returns to it), so it cannot fork, and the freeze is as good as if it stayed
+    stopped. But most of a tree is gone by the time it is frozen: a thousand
+    processes exiting, the kill's slowest part, runs alongside the listings instead of
+    after them. What would act on SIGTERM is left stopped, for the caller.
     """
     stopped: set[Identity] = set()
     quiet = 0
+
+    def check(proc: Proc) -> Proc | None:
+        """`proc` read again (and ended, with `term`, if it can be); None if gone."""
+        if term is None or proc.identity in term:
+            return proc.again()
+        now = proc.end_if_stopped()
+        if now is not None and now.state == "T" and now.term_kills:
+            term.add(proc.identity)
+        return now
+
     while True:
         if reap is not None:
             reap()
@@ -644,17 +745,15 @@ def _freeze(
         wait_until = min(time.monotonic() + 0.2, deadline)
         delay = 0.0005
         while True:
-            while moving and _stopped(moving[-1]):
+            while moving:
+                now = check(moving[-1])
+                if now is not None and not now.stopped:
+                    break
                 moving.pop()
             if not moving or time.monotonic() >= wait_until:
                 break
             yield delay
             delay = min(delay * 2, 0.01)
-
-
-def _stopped(proc: Proc) -> bool:
-    now = proc.again()
-    return now is None or now.stopped
 
 
 def running(proc: Proc) -> bool:
