@@ -205,15 +205,22 @@ class Proc:
 
         return self._checked(act) is not None
 
-    def end_if_stopped(self) -> Proc | None:
-        """SIGTERM and SIGCONT if the process is still this one, stopped (not traced),
-        and SIGTERM kills it outright (`term_kills`, read after it stopped, so true);
-        the process as read for the check, or None if it is gone."""
+    def endable(self, *, kill: bool) -> bool:
+        """Whether, as read, it has stopped and would die running none of its code: of
+        SIGKILL, with `kill`; else of SIGTERM and SIGCONT (`term_kills`, not traced)."""
+        if kill:
+            return self.state in ("T", "t")
+        return self.state == "T" and self.term_kills
+
+    def end_if_stopped(self, *, kill: bool) -> Proc | None:
+        """Ends the process if it is still this one and `endable` (read now): SIGKILL,
+        with `kill`, else SIGTERM and SIGCONT; the process as read for the check, or
+        None if it is gone."""
 
         def act(now: Proc, send: Callable[[int], None]) -> None:
-            if now.state == "T" and now.term_kills:
-                send(signal.SIGTERM)
-                send(signal.SIGCONT)
+            if now.endable(kill=kill):
+                for signum in (signal.SIGKILL,) if kill else (signal.SIGTERM, signal.SIGCONT):
+                    send(signum)
 
         return self._checked(act)
 
@@ -667,7 +674,8 @@ def terminate_steps(
             if proc.send(*signums):
                 signalled.add(proc.identity)
 
-    frozen = yield from _freeze(freezing, deadline, reap, seized=seize is not None, term=signalled)
+    seized = seize is not None
+    frozen = yield from _freeze(freezing, deadline, reap, seized=seized, ended=signalled)
     send(
         (proc for proc in frozen if proc.identity not in signalled), signal.SIGTERM, signal.SIGCONT
     )
@@ -676,11 +684,16 @@ def terminate_steps(
     if time.monotonic() < term_end:
         yield from _wait_gone(listing, term_end, reap)
     while True:
-        frozen = yield from _freeze(freezing, deadline, reap, seized=seize is not None)
+        killed: set[Identity] = set()
+        frozen = yield from _freeze(
+            freezing, deadline, reap, seized=seized, ended=killed, kill=True
+        )
+        signalled |= killed
         frozen = [proc for proc in frozen if not proc.exited]
         if not frozen and (yield from _stays_empty(listing, reap)):
             break
-        send(frozen, signal.SIGKILL)  # even at the deadline: never leave them stopped
+        # Even at the deadline: never leave them stopped.
+        send((proc for proc in frozen if proc.identity not in killed), signal.SIGKILL)
         if time.monotonic() >= deadline:
             break
         yield from _wait_exited(frozen, min(time.monotonic() + 0.5, deadline), reap)
@@ -693,7 +706,8 @@ def _freeze(
     reap: Callable[[], None] | None,
     *,
     seized: bool,
-    term: set[Identity] | None = None,
+    ended: set[Identity] | None = None,
+    kill: bool = False,
 ) -> Generator[float, None, list[Proc]]:
     """SIGSTOPs what `listing()` gives until it gives nothing new and all of it stopped.
 
@@ -703,24 +717,25 @@ def _freeze(
     (its child is re-parented to a thread of the subreaper that was already read).
     With `seized`, the listing stopped what it found itself (`stop_on_sight`).
 
-    With `term`, a process seen stopped that SIGTERM would kill outright (`term_kills`)
-    is sent SIGTERM and SIGCONT there and then, and its identity added to `term`: it
-    dies running none of its code (the kernel acts on the pending SIGTERM before it
-    returns to it), so it cannot fork, and the freeze is as good as if it stayed
-    stopped. But most of a tree is gone by the time it is frozen: a thousand
-    processes exiting, the kill's slowest part, runs alongside the listings instead of
-    after them. What would act on SIGTERM is left stopped, for the caller.
+    With `ended`, a process seen stopped that SIGTERM would kill outright (`term_kills`)
+    is sent SIGTERM and SIGCONT there and then, or with `kill` any process seen stopped
+    SIGKILL, and its identity added to `ended`: it dies running none of its code (the
+    kernel acts on the pending SIGTERM before it returns to it), so it cannot fork, and
+    the freeze is as good as if it stayed stopped. But most of a tree is gone by the
+    time it is frozen: a thousand processes exiting, the kill's slowest part, runs
+    alongside the listings instead of after them. What would act on SIGTERM is left
+    stopped, for the caller.
     """
     stopped: set[Identity] = set()
     quiet = 0
 
     def check(proc: Proc) -> Proc | None:
-        """`proc` read again (and ended, with `term`, if it can be); None if gone."""
-        if term is None or proc.identity in term:
+        """`proc` read again (and ended, with `ended`, if it can be); None if gone."""
+        if ended is None or proc.identity in ended:
             return proc.again()
-        now = proc.end_if_stopped()
-        if now is not None and now.state == "T" and now.term_kills:
-            term.add(proc.identity)
+        now = proc.end_if_stopped(kill=kill)
+        if now is not None and now.endable(kill=kill):
+            ended.add(proc.identity)
         return now
 
     while True:
@@ -740,20 +755,23 @@ def _freeze(
             continue
         # SIGSTOP is delivered asynchronously: until a process has stopped it may still
         # fork, and its child is in the next listing only if we list after that. (Once
-        # seen stopped, it is not read again.)
+        # seen stopped, it is not read again; a look that finds some stopped is followed
+        # by another at once, the first signalled first.)
         moving = [proc for proc in procs if not proc.stopped]
         wait_until = min(time.monotonic() + 0.2, deadline)
         delay = 0.0005
-        while True:
-            while moving:
-                now = check(moving[-1])
+        while moving and time.monotonic() < wait_until:
+            still = []
+            for proc in moving:
+                now = check(proc)
                 if now is not None and not now.stopped:
-                    break
-                moving.pop()
-            if not moving or time.monotonic() >= wait_until:
-                break
-            yield delay
-            delay = min(delay * 2, 0.01)
+                    still.append(proc)
+            if len(still) < len(moving):
+                moving = still
+                yield 0.0
+            elif moving:
+                yield delay
+                delay = min(delay * 2, 0.01)
 
 
 def running(proc: Proc) -> bool:
