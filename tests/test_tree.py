@@ -152,6 +152,37 @@ def test_a_stopped_tree_is_killed_without_waiting_for_kill_timeout(
         assert alive(process_audit) == []
 
 
+def test_a_tool_that_catches_sigterm_gets_its_time_and_what_it_starts_too(
+    tmp_path: Path, process_audit: str
+) -> None:
+    """The kill ends at once what SIGTERM would kill outright, but a process that
+    catches SIGTERM runs its handler, and what the handler starts (a shell's trap
+    running a clean-up command) still gets the rest of `kill_timeout`."""
+    marker, cleaned = tmp_path / "tool-started", tmp_path / "cleaned-up"
+    cleanup = f"import time; time.sleep(0.5); open({str(cleaned)!r}, 'w')"
+    tool = [
+        sys.executable,
+        "-c",
+        "import signal, subprocess, sys, time\n"
+        "def on_term(signum, frame):\n"
+        f"    subprocess.Popen([sys.executable, '-c', {cleanup!r}])\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, on_term)\n"
+        "for _ in range(20):\n"  # plain children, which SIGTERM kills outright
+        "    subprocess.Popen(['sleep', '300'])\n"
+        f"open({str(marker)!r}, 'w')\n"
+        "time.sleep(300)",
+    ]
+    with helper(a_cli_with_tool(tool), kill_timeout=20) as h:
+        wait_for(marker)
+        start = time.monotonic()
+        report = h.stop(timeout=60)
+        assert cleaned.exists()  # the clean-up ran to its end, not SIGKILLed
+        assert time.monotonic() - start < 15  # generous: about half a second
+        assert report["survivors"] == 0
+        assert alive(process_audit) == []
+
+
 def test_processes_in_the_clis_own_session_are_not_a_turns(
     tmp_path: Path, process_audit: str
 ) -> None:
