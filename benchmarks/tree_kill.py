@@ -59,7 +59,11 @@ def _alive(token: str) -> list[psutil.Process]:
 
 def _clean_up(token: str) -> None:
     """Whatever a failed kill left (a chain may still be forking): the fixed tree kill."""
-    tree.terminate(lambda: _alive(token), timeout=0.2, grace=TREE_GRACE)
+
+    def listing() -> list[tree.Proc]:
+        return [proc for proc in map(tree.Proc.of, _alive(token)) if proc is not None]
+
+    tree.terminate(listing, timeout=0.2, grace=TREE_GRACE)
 
 
 def _run(tool: list[str], kill_timeout: float, ready: Path, stop: bool) -> tuple[float, int]:

@@ -366,10 +366,10 @@ class _Hub:
         self._schedule(0.0, self._end_steps(session), session)
 
     def _end_steps(self, session: _Session) -> Generator[float, None, None]:
-        def listing() -> list[psutil.Process]:
+        def listing() -> list[tree.Proc]:
             return self._tree_of(session)
 
-        def seize() -> list[psutil.Process]:
+        def seize() -> list[tree.Proc]:
             return self._tree_of(session, tree.stop_on_sight)
 
         killed = yield from tree.terminate_steps(
@@ -397,8 +397,8 @@ class _Hub:
             self._forget(session)
 
     def _tree_of(
-        self, session: _Session, seen_one: Callable[[psutil.Process], None] | None = None
-    ) -> list[psutil.Process]:
+        self, session: _Session, seen_one: Callable[[tree.Proc], None] | None = None
+    ) -> list[tree.Proc]:
         """The session's processes: its CLI and its tagged orphans, with their trees."""
         mine = tree.SessionFilter(
             self.me, cli=session.cli, tag=session.tag, others=self.clis, tags=self.tags

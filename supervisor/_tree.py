@@ -8,17 +8,20 @@ sent, and where psutil and Linux specifics live. Elsewhere, the front ends
 (`_relay.py`, `_passthrough.py`) receive the executable's own signals and pass them on
 through `_helper`, and `_pool.py` reads available memory through psutil.
 
-What a tree is, and why a hub, is in `_hub.py`. Here: the walk (`descendants`, from
-`/proc/PID/task/*/children`), one session's part of a hub shared by many
-(`SessionFilter`: its CLI, and the hub's orphans that carry its tag), the processes a
-turn started (`turn_processes`), the kill (`terminate_steps`: freeze, SIGTERM, SIGKILL
-rounds, written as steps so that the hub can run many side by side), and the clean-up
-after a hub that died (`kill_tagged`).
+What a tree is, and why a hub, is in `_hub.py`. Here: a process as one read of its
+`/proc/PID/stat` (`Proc`), the walk (`descendants`, from `/proc/PID/task/*/children`),
+one session's part of a hub shared by many (`SessionFilter`: its CLI, and the hub's
+orphans that carry its tag), the processes a turn started (`turn_processes`), the kill
+(`terminate_steps`: freeze, SIGTERM, SIGKILL rounds, written as steps so that the hub
+can run many side by side), and the clean-up after a hub that died (`kill_tagged`).
 
-Safety: a process is signalled only as a `psutil.Process` obtained by walking the tree
-(or, once the hub is dead, found by the token unique to its run, see `kill_tagged`);
-psutil checks the process's creation time before each signal, so a pid reused by an
-unrelated process is never signalled.
+Safety: a process is signalled only as a `Proc` obtained by walking the tree (or, once
+the hub is dead, found by the token unique to its run, see `kill_tagged`), and only
+through a pidfd (`Proc.send`): opened on its pid, then checked against the start time
+the walk read, so a pid reused by an unrelated process before the signal is never
+signalled, and one reused after the check cannot be (a pidfd holds its process, not its
+pid). The walk itself is a few small reads per process: psutil is kept for what is not
+hot (the CLI of a `spawned` report, the fallback walk, a scan of every process).
 
 This file imports only the standard library and psutil: the hub imports it, and must
 start fast (not load trio).
@@ -31,95 +34,352 @@ import functools
 import os
 import signal
 import time
-from collections.abc import Callable, Collection, Generator, Iterable, Mapping
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping
 from typing import TypeVar, cast
 
 import psutil
 
 from ._launch import TAG_VARIABLE as TAG_VARIABLE
 
-Identity = tuple[int, float]  # (pid, creation time): a process, safe against pid reuse
+#: (pid, start time in clock ticks since boot): a process, safe against pid reuse.
+Identity = tuple[int, int]
 
-#: What is known of processes' tags: pid -> (creation time, tag; "" for none).
-Tags = dict[int, tuple[float, str]]
+#: What is known of processes' tags: pid -> (start time, tag; "" for none).
+Tags = dict[int, tuple[int, str]]
 
-# What reading a process that is going away can raise. psutil turns a vanished /proc
-# entry into NoSuchProcess only if the pid's directory is still absent when it looks
-# again; in a fork chain a new process may already hold the pid, and the raw
-# FileNotFoundError escapes (seen in CI, `psutil.Process(pid)` racing a dying link).
+# What reading a process that is going away can raise (through psutil, where it is
+# still used). psutil turns a vanished /proc entry into NoSuchProcess only if the pid's
+# directory is still absent when it looks again; in a fork chain a new process may
+# already hold the pid, and the raw FileNotFoundError escapes.
 GONE = (psutil.Error, OSError)
 
-
-def identity(proc: psutil.Process) -> Identity | None:
-    try:
-        return (proc.pid, proc.create_time())
-    except GONE:
-        return None
+_TAG_ENTRY = TAG_VARIABLE.encode() + b"="
 
 
-def _child_pids(pid: int) -> list[int] | None:
-    """The pids of `pid`'s children from /proc/PID/task/*/children (Linux), or None.
+class Proc:
+    """A process as one read of `/proc/PID/stat` saw it (Linux).
 
-    One small read per thread, where psutil's walk reads every process's status: fast
-    enough to catch a process that lives a millisecond (a link of a fork-and-exit chain).
+    What the walk and the kill need, for one small read: a `psutil.Process` costs three
+    to five reads of that same file (its creation time, its parent, its status, and again
+    before each signal), which made a listing of a thousand processes take 200 ms.
+    `start` (when it started, in clock ticks since boot) tells it from a later process
+    on the same pid: `identity`. Nothing here is read again unless asked (`again`).
+
+    `term_kills`: SIGTERM would end it without its running any code of its own (its
+    default action, neither blocked, ignored nor caught; one thread, whose mask that
+    is). While it is stopped, what it would do about SIGTERM cannot change.
     """
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return None
+
+    __slots__ = (
+        "_pidfd",
+        "pgrp",
+        "pid",
+        "ppid",
+        "session",
+        "start",
+        "state",
+        "term_kills",
+        "threads",
+    )
+
+    def __init__(
+        self,
+        pid: int,
+        ppid: int,
+        pgrp: int,
+        session: int,
+        state: str,
+        threads: int,
+        start: int,
+        term_kills: bool = False,
+    ) -> None:
+        self.pid, self.ppid, self.pgrp, self.session = pid, ppid, pgrp, session
+        self.state, self.threads, self.start = state, threads, start
+        self.term_kills = term_kills
+        self._pidfd: int | None = None  # opened before it was read (`children`)
+
+    @classmethod
+    def read(cls, pid: int) -> Proc | None:
+        """The process on `pid` now, or None if there is none (or it cannot be read)."""
+        try:
+            fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        # "pid (comm) state ppid pgrp session ...": comm may hold spaces and parentheses.
+        # Fields 32 to 34 (from 1) are the masks of blocked, ignored and caught signals.
+        fields = data[data.rfind(b")") + 2 :].split()
+        try:
+            threads = int(fields[17])
+            handled = int(fields[29]) | int(fields[30]) | int(fields[31])
+            return cls(
+                pid,
+                ppid=int(fields[1]),
+                pgrp=int(fields[2]),
+                session=int(fields[3]),
+                state=fields[0].decode(),
+                threads=threads,
+                start=int(fields[19]),
+                term_kills=threads == 1 and not handled & _SIGTERM_BIT,
+            )
+        except (IndexError, ValueError):
+            return None
+
+    @classmethod
+    def of(cls, process: psutil.Process) -> Proc | None:
+        """The `Proc` of `process`, or None if its pid no longer holds it."""
+        proc = cls.read(process.pid)
+        try:
+            # Read first, checked after: still there then, so there when read.
+            return proc if proc is not None and process.is_running() else None
+        except GONE:
+            return None
+
+    @property
+    def identity(self) -> Identity:
+        return (self.pid, self.start)
+
+    @property
+    def exited(self) -> bool:
+        """Whether it had exited when read (a zombie, not reaped yet)."""
+        return self.state in ("Z", "X")
+
+    @property
+    def stopped(self) -> bool:
+        """Whether it could not run when read (stopped, traced, or exited)."""
+        return self.state in ("T", "t", "Z", "X")
+
+    def again(self) -> Proc | None:
+        """The same process read now; None if it is gone (reaped, or its pid reused)."""
+        now = Proc.read(self.pid)
+        return now if now is not None and now.start == self.start else None
+
+    def create_time(self) -> float:
+        """When it started, in seconds since the epoch (as `psutil` computes it)."""
+        return _boot_time() + self.start / _CLOCK_TICKS
+
+    def tag(self) -> str | None:
+        """`TAG_VARIABLE` in what it was started with ("" without); None if that cannot
+        be read or is empty (a process exiting, or one not started yet)."""
+        try:
+            fd = os.open(f"/proc/{self.pid}/environ", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        environ = b"".join(chunks)
+        if not environ:
+            return None
+        for entry in environ.split(b"\0"):
+            if entry.startswith(_TAG_ENTRY):
+                return entry[len(_TAG_ENTRY) :].decode(errors="replace")
+        return ""
+
+    def send(self, *signums: int, group: bool = False) -> bool:
+        """Sends `signums`, in order, if the process is still this one; whether it was.
+
+        Through a pidfd, opened and then checked against `start` (`_checked`). With
+        `group`, a process that leads its own process group (read after the signals)
+        has the group signalled too, while the pidfd shows it is not reaped: the group
+        of a live leader can hold only processes that joined it.
+        """
+
+        def act(now: Proc, send: Callable[[int], None]) -> None:
+            for signum in signums:
+                send(signum)
+            if group and os.getpgid(self.pid) == self.pid:
+                send(0)  # raises if reaped meanwhile
+                for signum in signums:
+                    os.killpg(self.pid, signum)
+
+        return self._checked(act) is not None
+
+    def endable(self, *, kill: bool) -> bool:
+        """Whether, as read, it has stopped and would die running none of its code: of
+        SIGKILL, with `kill`; else of SIGTERM and SIGCONT (`term_kills`, not traced)."""
+        if kill:
+            return self.state in ("T", "t")
+        return self.state == "T" and self.term_kills
+
+    def end_if_stopped(self, *, kill: bool) -> Proc | None:
+        """Ends the process if it is still this one and `endable` (read now): SIGKILL,
+        with `kill`, else SIGTERM and SIGCONT; the process as read for the check, or
+        None if it is gone."""
+
+        def act(now: Proc, send: Callable[[int], None]) -> None:
+            if now.endable(kill=kill):
+                for signum in (signal.SIGKILL,) if kill else (signal.SIGTERM, signal.SIGCONT):
+                    send(signum)
+
+        return self._checked(act)
+
+    def _checked(self, act: Callable[[Proc, Callable[[int], None]], None]) -> Proc | None:
+        """`act(now, send)` if the pid still holds this process (`now`, read after the
+        pidfd was opened); `now`, or None if it does not (or a signal found it gone).
+
+        The pidfd is opened first, then checked against `start`: the pid held this
+        process when the pidfd was opened (a pid is reused only once its process has
+        been reaped, after which the check fails), and from then on the pidfd is this
+        process whatever becomes of the pid. Where pidfds are missing (an old kernel,
+        no descriptor left), the check comes right before `kill`, as psutil does it. A
+        process read with a pidfd opened just before (`children`, `pinned`) was read
+        after it was opened: it is not read again.
+        """
+        pinned = self._pidfd is not None
+        try:
+            pidfd = self._pidfd if pinned else os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return None
+        except OSError:
+            pidfd = None
+
+        def send(signum: int) -> None:
+            if pidfd is None:
+                os.kill(self.pid, signum)
+            else:
+                signal.pidfd_send_signal(pidfd, signum)
+
+        try:
+            now = self if pinned else self.again()
+            if now is not None:
+                act(now, send)
+            return now
+        except OSError:  # gone (ESRCH), or not ours to signal (EPERM)
+            return None
+        finally:
+            if pidfd is not None and not pinned:
+                os.close(pidfd)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Proc) and self.identity == other.identity
+
+    def __hash__(self) -> int:
+        return hash(self.identity)
+
+    def __repr__(self) -> str:
+        return f"Proc(pid={self.pid}, ppid={self.ppid}, state={self.state!r})"
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_SIGTERM_BIT = 1 << (signal.SIGTERM - 1)
+
+
+@functools.cache
+def _boot_time() -> float:
+    return float(psutil.boot_time())
+
+
+def _has_children_files() -> bool:
+    """Whether the kernel lists a thread's children (CONFIG_PROC_CHILDREN)."""
+    pid = os.getpid()
+    return os.path.exists(f"/proc/{pid}/task/{pid}/children")
+
+
+_CHILDREN_FILES = _has_children_files()
+
+
+def _child_pids(proc: Proc) -> list[int]:
+    """The pids of `proc`'s children from /proc/PID/task/*/children (Linux); [] if gone.
+
+    One small read per thread (a single-threaded process has one task: no listing of
+    them), where psutil's walk reads every process's status: fast enough to catch a
+    process that lives a millisecond (a link of a fork-and-exit chain).
+    """
+    pid = proc.pid
+    if proc.threads == 1:
+        tasks = [str(pid)]
+    else:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return []
     pids: list[int] = []
     for task in tasks:
         try:
-            with open(f"/proc/{pid}/task/{task}/children", "rb") as f:
-                pids.extend(int(word) for word in f.read().split())
-        except FileNotFoundError:
-            continue  # a thread that ended since the listing
+            fd = os.open(f"/proc/{pid}/task/{task}/children", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone, or a thread that ended since the listing
+        try:
+            while chunk := os.read(fd, 65536):
+                pids.extend(int(word) for word in chunk.split())
         except (OSError, ValueError):
-            return None  # no such file (kernel without CONFIG_PROC_CHILDREN)
+            continue
+        finally:
+            os.close(fd)
     return pids
 
 
 def children(
-    proc: psutil.Process,
+    proc: Proc,
     skip: Callable[[int], bool] | None = None,
     sighted: Callable[[int], None] | None = None,
-) -> list[psutil.Process]:
-    """The children of `proc`, zombies included, newest first; [] if it is gone.
+    *,
+    pinned: bool = False,
+) -> Iterator[Proc]:
+    """The children of `proc`, zombies included, newest first; none if it is gone.
 
     Pids for which `skip` is true are left out before anything is read about them;
-    `sighted` is called with each other one, before anything is read about it.
+    `sighted` is called with each other one, before anything is read about it. Each is
+    read when the one before has been dealt with. `pinned`: each comes with a pidfd
+    opened before it was read, so that it is signalled without being read again
+    (`Proc._checked`), until the next one is asked for.
     """
-    pids = _child_pids(proc.pid)
-    if pids is None:
+    if not _CHILDREN_FILES:
         try:
-            return [c for c in proc.children() if skip is None or not skip(c.pid)]
+            pids = [c.pid for c in psutil.Process(proc.pid).children()]
         except GONE:
-            return []
-    found = []
+            return
+        pids.sort()  # oldest first, as the kernel lists them (pids wrap: close enough)
+    else:
+        pids = _child_pids(proc)
     for pid in reversed(pids):  # newest first (see `descendants`)
         if skip is not None and skip(pid):
             continue
         if sighted is not None:
             sighted(pid)
-        try:
-            child = psutil.Process(pid)
-            # The pid was read before the process object was made: if it was reused in
-            # between, the newcomer is not our child (unless it is, and then it counts).
-            if child.ppid() == proc.pid:
-                found.append(child)
-        except GONE:
+        pidfd = _pidfd_open(pid) if pinned else None
+        child = Proc.read(pid)
+        # The pid was read before the process: if it was reused in between, the
+        # newcomer is not our child (unless it is, and then it counts).
+        if child is None or child.ppid != proc.pid:
+            if pidfd is not None:
+                os.close(pidfd)
             continue
-    return found
+        child._pidfd = pidfd
+        try:
+            yield child
+        finally:
+            child._pidfd = None
+            if pidfd is not None:
+                os.close(pidfd)
+
+
+def _pidfd_open(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None  # gone (then there is nothing to read either), or no pidfds
 
 
 def descendants(
     pid: int,
     *,
-    prune: Callable[[psutil.Process, int], bool] | None = None,
+    prune: Callable[[Proc, int], bool] | None = None,
     skip: Callable[[int], bool] | None = None,
-    seen_one: Callable[[psutil.Process], None] | None = None,
+    seen_one: Callable[[Proc], None] | None = None,
     sighted: Callable[[int], None] | None = None,
-) -> list[psutil.Process]:
+) -> list[Proc]:
     """Every live descendant of `pid`, parents before children; [] if `pid` is gone.
 
     A process for which `prune(process, its parent's pid)` is true is left out, with
@@ -131,15 +391,20 @@ def descendants(
     a fork chain's live link is; `sighted` is called with each of them before anything
     else is read about it (`SessionFilter.listing`).
     """
-    try:
-        root = psutil.Process(pid)
-    except GONE:
+    root = Proc.read(pid)
+    if root is None:
         return []
-    found: list[psutil.Process] = []
+    pinned = seen_one is not None  # it signals what it finds: no second read for that
+    found: list[Proc] = []
     looked_at: set[int] = set()  # a child re-parented mid-walk is met twice
-    todo: list[psutil.Process] = []
+    todo: list[Proc] = []
 
-    def take(child: psutil.Process, parent: int) -> None:
+    def skip_root_child(pid: int) -> bool:
+        # Met before, in this walk: not read, nor `sighted`, again (`SessionFilter._hold`
+        # would stop it and then let it go, as one it did not get to read).
+        return pid in looked_at or (skip is not None and skip(pid))
+
+    def take(child: Proc, parent: int) -> None:
         if child.pid in looked_at:
             return
         looked_at.add(child.pid)
@@ -152,20 +417,22 @@ def descendants(
     for _ in range(_ROOT_READS):
         # The root's children again, after the walk below them: a process that exited
         # while it was walked has handed its children to the root (a subreaper), which
-        # had already been read. A fork chain does this at every link.
-        fresh = [c for c in children(root, skip, sighted) if c.pid not in looked_at]
+        # had already been read. A fork chain does this at every link. (A thread the
+        # root started since it was read is not looked at: the hub has one.)
+        fresh = False
+        for child in children(root, skip_root_child, sighted, pinned=pinned):
+            fresh = True
+            take(child, root.pid)
         if not fresh:
             break
-        for child in fresh:
-            take(child, root.pid)
         while todo:
             parent = todo.pop()
-            for child in children(parent):
+            for child in children(parent, pinned=pinned):
                 take(child, parent.pid)
     return found
 
 
-def stop_on_sight(proc: psutil.Process) -> None:
+def stop_on_sight(proc: Proc) -> None:
     """SIGSTOP at once (a `seen_one` for `descendants`), for the listings that freeze a
     tree: a fork chain's link lives about a millisecond, less than a listing of a tree
     with a few dozen processes takes, so stopping what a listing gave once it is done
@@ -177,12 +444,10 @@ def stop_on_sight(proc: psutil.Process) -> None:
     group of a process that is the session's is the session's (a group cannot span
     sessions, and its members are the leader's descendants that stayed in it).
     """
-    try:
-        proc.send_signal(signal.SIGSTOP)  # checks the creation time first
-        if os.getpgid(proc.pid) == proc.pid:
-            os.killpg(proc.pid, signal.SIGSTOP)
-    except GONE:
-        pass
+    # Already stopped when read (held, or by a freezing listing before this one): not
+    # signalled again, unless it leads a group, which may not be.
+    if proc.state not in ("T", "t") or proc.pgrp == proc.pid:
+        proc.send(signal.SIGSTOP, group=True)
 
 
 #: How many times `descendants` reads the root's children, at most: more only while a
@@ -221,13 +486,13 @@ class SessionFilter:
 
         Reading a process's environment waits while it forks (the kernel holds its
         memory map), and a fork chain's link does little else: by the time its tag is
-        read, or even its `/proc/PID/stat` (a `psutil.Process`), the link has forked
-        the next one and exited, listing after listing. So a freezing listing stops a
-        hub child the moment its pid is read, and reads after; `prune` lets go
-        (SIGCONT) of what turns out not to be the session's: another session's orphan,
-        seen once (its tag is then remembered), is held for the time of one read.
+        read, or even its `/proc/PID/stat` (a `Proc`), the link has forked the next one
+        and exited, listing after listing. So a freezing listing stops a hub child the
+        moment its pid is read, and reads after; `prune` lets go (SIGCONT) of what turns
+        out not to be the session's: another session's orphan, seen once (its tag is
+        then remembered), is held for the time of one read.
 
-        The bare pid is signalled here, not a `psutil.Process`: it was read from the
+        The bare pid is signalled here, not through a `Proc`: it was read from the
         hub's children an instant before, and a child's pid is not reused before its
         parent has reaped it and the kernel has gone round the whole pid space.
         """
@@ -255,19 +520,15 @@ class SessionFilter:
     def skip(self, pid: int) -> bool:
         return pid != self.cli and pid in self.others
 
-    def prune(self, proc: psutil.Process, parent: int) -> bool:
+    def prune(self, proc: Proc, parent: int) -> bool:
         if proc.pid == self.cli or (parent != self.hub and parent not in self._unsure):
             return False
-        ident = identity(proc)
         tags = self.tags if self.tags is not None else {}
         known = tags.get(proc.pid)
-        tag = known[1] if known is not None and ident is not None and known[0] == ident[1] else None
+        tag = known[1] if known is not None and known[0] == proc.start else None
         if tag is None:
-            try:
-                environ = proc.environ()
-            except GONE:
-                environ = {}
-            if not environ:
+            tag = proc.tag()
+            if tag is None:
                 # Unreadable, or empty: a process that is exiting has no environment
                 # left to read while it still has children (a fork chain's link whose
                 # child is the live one), and one mid-start may not have one yet.
@@ -276,29 +537,26 @@ class SessionFilter:
                 self._unsure.add(proc.pid)
                 self._let_go(proc.pid)
                 return False
-            tag = environ.get(TAG_VARIABLE) or ""
-            if ident is not None and self.tags is not None:
+            if self.tags is not None:
                 if len(tags) > 100_000:
                     tags.clear()
-                tags[proc.pid] = (ident[1], tag)
+                tags[proc.pid] = (proc.start, tag)
         if tag != self.tag:
             self._let_go(proc.pid)
             return True
         return False
 
-    def listing(
-        self, seen_one: Callable[[psutil.Process], None] | None = None
-    ) -> list[psutil.Process]:
+    def listing(self, seen_one: Callable[[Proc], None] | None = None) -> list[Proc]:
         """The session's processes now, parents before children (see `walk`)."""
         found = self.walk(self.prune, seen_one)
         return [proc for proc in found if proc.pid not in self._unsure]
 
     def walk(
         self,
-        prune: Callable[[psutil.Process, int], bool],
-        seen_one: Callable[[psutil.Process], None] | None = None,
-        wanted: Callable[[psutil.Process], bool] = lambda proc: True,
-    ) -> list[psutil.Process]:
+        prune: Callable[[Proc, int], bool],
+        seen_one: Callable[[Proc], None] | None = None,
+        wanted: Callable[[Proc], bool] = lambda proc: True,
+    ) -> list[Proc]:
         """`descendants` of the hub, with `prune` (which must call `self.prune` first).
 
         With `seen_one` (a freezing listing, see `stop_on_sight`), called for the
@@ -309,7 +567,7 @@ class SessionFilter:
         self._unsure = set()
         self._held = set()
 
-        def seen(proc: psutil.Process) -> None:
+        def seen(proc: Proc) -> None:
             if seen_one is not None and proc.pid not in self._unsure and wanted(proc):
                 self._held.discard(proc.pid)
                 seen_one(proc)
@@ -339,7 +597,7 @@ def snapshot(
         procs = descendants(pid)
     else:
         procs = SessionFilter(pid, cli=cli, tag=tag, others=others).listing()
-    return frozenset(i for i in map(identity, procs) if i is not None)
+    return frozenset(proc.identity for proc in procs)
 
 
 #: A kill is written as steps: a generator that yields how long to wait before its next
@@ -359,12 +617,12 @@ def run_steps(steps: Generator[float, None, T]) -> T:
 
 
 def terminate(
-    listing: Callable[[], Iterable[psutil.Process]],
+    listing: Callable[[], Iterable[Proc]],
     timeout: float,
     *,
     grace: float,
     reap: Callable[[], None] | None = None,
-    seize: Callable[[], Iterable[psutil.Process]] | None = None,
+    seize: Callable[[], Iterable[Proc]] | None = None,
 ) -> int:
     """Kills every process `listing()` gives, until it gives none; returns how many.
 
@@ -374,12 +632,12 @@ def terminate(
 
 
 def terminate_steps(
-    listing: Callable[[], Iterable[psutil.Process]],
+    listing: Callable[[], Iterable[Proc]],
     timeout: float,
     *,
     grace: float,
     reap: Callable[[], None] | None = None,
-    seize: Callable[[], Iterable[psutil.Process]] | None = None,
+    seize: Callable[[], Iterable[Proc]] | None = None,
 ) -> Generator[float, None, int]:
     """Kills every process `listing()` gives, until it gives none; returns how many.
 
@@ -389,10 +647,19 @@ def terminate_steps(
     listing is repeated until it holds nothing new and everything in it has stopped (a
     stopped process cannot fork). Then SIGTERM, and SIGCONT so that stopped processes,
     ours or someone else's (a wedged CLI), can act on it at once rather than after
-    `timeout`. After `timeout`, or as soon as the listing is empty, rounds of freeze and
-    SIGKILL follow until it is empty, bounded by `timeout + grace` in all: this never
-    blocks without a deadline on processes it is trying to kill. (`grace` is
-    `_policy.TREE_GRACE`, passed in: the hub must not import the package's trio side.)
+    `timeout`. Until `timeout` has passed, or what was frozen has exited and the
+    listing is empty, it waits; then rounds of freeze and SIGKILL follow until the
+    listing is empty, bounded by `timeout + grace` in all: this never blocks without a
+    deadline on processes it is trying to kill. (`grace` is `_policy.TREE_GRACE`,
+    passed in: the hub must not import the package's trio side.) A process that
+    SIGTERM, or in those rounds SIGKILL, ends without its running any code gets it as
+    soon as it is seen stopped, while the freeze goes on (`_freeze`).
+
+    What was frozen is waited for on its own, not listed again: the listing is the
+    costly part (a walk of every process of the tree), and a round of freeze lists
+    anything new anyway. The listing is only looked at while waiting once all that
+    was frozen has exited, so that what it started meanwhile (a shell's trap) still
+    gets the rest of `timeout` before SIGKILL.
 
     `seize`, if given, is the listing used to freeze: the same processes, each stopped
     as soon as it is found (`stop_on_sight`). `reap` is called while waiting, by a
@@ -404,59 +671,84 @@ def terminate_steps(
     deadline = start + timeout + grace
     signalled: set[Identity] = set()
 
-    def send(procs: Iterable[psutil.Process], signum: int) -> None:
+    def send(procs: Iterable[Proc], *signums: int) -> None:
         for proc in procs:
-            ident = identity(proc)
-            if ident is None:
-                continue
-            with contextlib.suppress(psutil.Error):
-                proc.send_signal(signum)
-                if signum in (signal.SIGTERM, signal.SIGKILL):
-                    signalled.add(ident)
+            if proc.send(*signums):
+                signalled.add(proc.identity)
 
-    frozen = yield from _freeze(freezing, deadline, reap)
-    send(frozen, signal.SIGTERM)
-    send(frozen, signal.SIGCONT)
-    yield from _wait_gone(listing, min(start + timeout, deadline), reap)
+    seized = seize is not None
+    frozen = yield from _freeze(freezing, deadline, reap, seized=seized, ended=signalled)
+    send(
+        (proc for proc in frozen if proc.identity not in signalled), signal.SIGTERM, signal.SIGCONT
+    )
+    term_end = min(start + timeout, deadline)
+    yield from _wait_exited(frozen, term_end, reap)
+    if time.monotonic() < term_end:
+        yield from _wait_gone(listing, term_end, reap)
     while True:
-        frozen = [p for p in (yield from _freeze(freezing, deadline, reap)) if running(p)]
+        killed: set[Identity] = set()
+        frozen = yield from _freeze(
+            freezing, deadline, reap, seized=seized, ended=killed, kill=True
+        )
+        signalled |= killed
+        frozen = [proc for proc in frozen if not proc.exited]
         if not frozen and (yield from _stays_empty(listing, reap)):
             break
-        send(frozen, signal.SIGKILL)  # even at the deadline: never leave them stopped
+        # Even at the deadline: never leave them stopped.
+        send((proc for proc in frozen if proc.identity not in killed), signal.SIGKILL)
         if time.monotonic() >= deadline:
             break
-        again: Callable[[], list[psutil.Process]] = functools.partial(list, frozen)
-        yield from _wait_gone(again, min(time.monotonic() + 0.5, deadline), reap)
+        yield from _wait_exited(frozen, min(time.monotonic() + 0.5, deadline), reap)
     return len(signalled)
 
 
 def _freeze(
-    listing: Callable[[], Iterable[psutil.Process]],
+    listing: Callable[[], Iterable[Proc]],
     deadline: float,
     reap: Callable[[], None] | None,
-) -> Generator[float, None, list[psutil.Process]]:
+    *,
+    seized: bool,
+    ended: set[Identity] | None = None,
+    kill: bool = False,
+) -> Generator[float, None, list[Proc]]:
     """SIGSTOPs what `listing()` gives until it gives nothing new and all of it stopped.
 
     Returns the last listing. Bounded by `deadline` (a process in uninterruptible sleep
     does not stop until it leaves it); zombies count as stopped. Two listings in a row
     must bring nothing new: one can miss a link of a chain that exits while it is walked
     (its child is re-parented to a thread of the subreaper that was already read).
+    With `seized`, the listing stopped what it found itself (`stop_on_sight`).
+
+    With `ended`, a process seen stopped that SIGTERM would kill outright (`term_kills`)
+    is sent SIGTERM and SIGCONT there and then, or with `kill` any process seen stopped
+    SIGKILL, and its identity added to `ended`: it dies running none of its code (the
+    kernel acts on the pending SIGTERM before it returns to it), so it cannot fork, and
+    the freeze is as good as if it stayed stopped. But most of a tree is gone by the
+    time it is frozen: a thousand processes exiting, the kill's slowest part, runs
+    alongside the listings instead of after them. What would act on SIGTERM is left
+    stopped, for the caller.
     """
     stopped: set[Identity] = set()
     quiet = 0
+
+    def check(proc: Proc) -> Proc | None:
+        """`proc` read again (and ended, with `ended`, if it can be); None if gone."""
+        if ended is None or proc.identity in ended:
+            return proc.again()
+        now = proc.end_if_stopped(kill=kill)
+        if now is not None and now.endable(kill=kill):
+            ended.add(proc.identity)
+        return now
+
     while True:
         if reap is not None:
             reap()
         procs = list(listing())
-        new = False
-        for proc in procs:
-            ident = identity(proc)
-            if ident is None or ident in stopped:
-                continue
-            new = True
-            stopped.add(ident)
-            with contextlib.suppress(psutil.Error):
-                proc.send_signal(signal.SIGSTOP)
+        new = [proc for proc in procs if proc.identity not in stopped]
+        for proc in new:
+            stopped.add(proc.identity)
+            if not seized and not proc.stopped:
+                proc.send(signal.SIGSTOP)
         quiet = 0 if new else quiet + 1
         if quiet >= 2 or time.monotonic() >= deadline:
             return procs
@@ -464,36 +756,34 @@ def _freeze(
             yield 0.001
             continue
         # SIGSTOP is delivered asynchronously: until a process has stopped it may still
-        # fork, and its child is in the next listing only if we list after that.
+        # fork, and its child is in the next listing only if we list after that. (Once
+        # seen stopped, it is not read again; a look that finds some stopped is followed
+        # by another at once, the first signalled first.)
+        moving = [proc for proc in procs if not proc.stopped]
         wait_until = min(time.monotonic() + 0.2, deadline)
         delay = 0.0005
-        while any(not _stopped(p) for p in procs) and time.monotonic() < wait_until:
-            yield delay
-            delay = min(delay * 2, 0.01)
+        while moving and time.monotonic() < wait_until:
+            still = []
+            for proc in moving:
+                now = check(proc)
+                if now is not None and not now.stopped:
+                    still.append(proc)
+            if len(still) < len(moving):
+                moving = still
+                yield 0.0
+            elif moving:
+                yield delay
+                delay = min(delay * 2, 0.01)
 
 
-def _stopped(proc: psutil.Process) -> bool:
-    try:
-        return proc.status() in (
-            psutil.STATUS_STOPPED,
-            psutil.STATUS_TRACING_STOP,
-            psutil.STATUS_ZOMBIE,
-            psutil.STATUS_DEAD,
-        )
-    except GONE:
-        return True
-
-
-def running(proc: psutil.Process) -> bool:
+def running(proc: Proc) -> bool:
     """Whether `proc` is still the process it was and has not exited (zombies have)."""
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except GONE:
-        return False
+    now = proc.again()
+    return now is not None and not now.exited
 
 
 def _stays_empty(
-    listing: Callable[[], Iterable[psutil.Process]], reap: Callable[[], None] | None
+    listing: Callable[[], Iterable[Proc]], reap: Callable[[], None] | None
 ) -> Generator[float, None, bool]:
     """Whether a few more listings, a moment apart, find nothing running either.
 
@@ -511,7 +801,7 @@ def _stays_empty(
 
 
 def _wait_gone(
-    listing: Callable[[], Iterable[psutil.Process]],
+    listing: Callable[[], Iterable[Proc]],
     deadline: float,
     reap: Callable[[], None] | None,
 ) -> Generator[float, None, None]:
@@ -522,9 +812,32 @@ def _wait_gone(
             reap()
         if not any(running(p) for p in listing()) and (yield from _stays_empty(listing, reap)):
             return
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline:
             return
-        yield delay
+        yield min(delay, deadline - now)
+        delay = min(delay * 2, 0.05)
+
+
+def _wait_exited(
+    procs: Iterable[Proc], deadline: float, reap: Callable[[], None] | None
+) -> Generator[float, None, None]:
+    """Waits until none of `procs` runs (zombies count as gone), or `deadline`.
+
+    One read per process that has exited, and one per look for the first that has
+    not: a thousand processes are not all read again every few milliseconds.
+    """
+    left = list(procs)
+    delay = 0.001
+    while True:
+        if reap is not None:
+            reap()
+        while left and not running(left[-1]):
+            left.pop()
+        now = time.monotonic()
+        if not left or now >= deadline:
+            return
+        yield min(delay, deadline - now)
         delay = min(delay * 2, 0.05)
 
 
@@ -536,8 +849,8 @@ def turn_processes(
     tag: str | None = None,
     others: Collection[int] = (),
     tags: Tags | None = None,
-    seen_one: Callable[[psutil.Process], None] | None = None,
-) -> list[psutil.Process]:
+    seen_one: Callable[[Proc], None] | None = None,
+) -> list[Proc]:
     """Descendants of `pid` (the hub) that the running turn's tools started.
 
     The processes in `exclude` (the CLI) are kept, and so are their children that share
@@ -559,23 +872,19 @@ def turn_processes(
     if tag is not None:
         mine = SessionFilter(pid, cli=cli, tag=tag, others=others, tags=tags)
 
-    def prune(proc: psutil.Process, parent: int) -> bool:
+    def prune(proc: Proc, parent: int) -> bool:
         if mine is not None and mine.prune(proc, parent):
             return True
         if proc.pid in exclude:
             return False  # walk into the CLI, but never return it (below)
-        try:
-            return parent in sessions and os.getsid(proc.pid) == sessions[parent]
-        except (OSError, psutil.Error):
-            return False
+        return parent in sessions and proc.session == sessions[parent]
 
-    def counts(proc: psutil.Process) -> bool:
+    def counts(proc: Proc) -> bool:
         if proc.pid in exclude or (mine is not None and mine.unsure(proc.pid)):
             return False
-        ident = identity(proc)
-        return ident is not None and ident not in before
+        return proc.identity not in before
 
-    def seen(proc: psutil.Process) -> None:
+    def seen(proc: Proc) -> None:
         if seen_one is not None and counts(proc):
             seen_one(proc)
 
@@ -589,25 +898,24 @@ def turn_processes(
 # ------------------------------------------------------------- a helper that died
 
 
-def tagged(tag: str, since: float) -> list[psutil.Process]:
+def tagged(tag: str, since: float) -> list[Proc]:
     """Live processes created at or after `since` whose environment carries `tag`.
 
     What a process was started with (/proc/PID/environ), so a program that changes its
     own variables still carries it; one started with a cleared environment does not.
     """
-    me = os.getpid()
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if (
-                proc.pid != me
-                and proc.create_time() >= since
-                and proc.environ().get(TAG_VARIABLE) == tag
-            ):
-                found.append(proc)
-        except GONE:
-            continue
-    return found
+    found = (_tagged(pid, tag, since) for pid in psutil.pids())
+    return [proc for proc in found if proc is not None]
+
+
+def _tagged(pid: int, tag: str, since: float) -> Proc | None:
+    """The process on `pid` if it is one of `tagged(tag, since)`."""
+    if pid == os.getpid():
+        return None
+    proc = Proc.read(pid)
+    if proc is None or proc.create_time() < since or proc.tag() != tag:
+        return None
+    return proc
 
 
 def kill_tagged(tag: str, since: float, timeout: float, grace: float) -> int:
@@ -623,19 +931,14 @@ def kill_tagged(tag: str, since: float, timeout: float, grace: float) -> int:
     No SIGTERM grace: this is the clean-up after a failure. Then the usual kill, for what
     the chase could not end (bounded like it, by `timeout` + `grace`).
     """
-    me = os.getpid()
     killed: set[Identity] = set()
     deadline = time.monotonic() + timeout + grace
 
     def kill_if_tagged(pid: int) -> bool:
-        try:
-            proc = psutil.Process(pid)
-            if pid == me or proc.create_time() < since or proc.environ().get(TAG_VARIABLE) != tag:
-                return False
-            proc.send_signal(signal.SIGKILL)
-        except GONE:
+        proc = _tagged(pid, tag, since)
+        if proc is None or not proc.send(signal.SIGKILL):
             return False
-        killed.add((pid, proc.create_time()))
+        killed.add(proc.identity)
         return True
 
     quiet = 0

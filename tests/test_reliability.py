@@ -73,7 +73,8 @@ def test_a_reused_pid_is_never_signalled() -> None:
     first = subprocess.Popen(
         [*SLEEP[:2], "print('up', flush=True); " + SLEEP[2]], stdout=subprocess.PIPE
     )
-    remembered = psutil.Process(first.pid)  # what a tree listing would hold
+    remembered = tree.Proc.read(first.pid)  # what a tree listing would hold
+    assert remembered is not None
     # Creation times tick every 10 ms: let the first process outlive a tick, as any
     # real one does (pids come round only after pid_max others, not within 10 ms).
     assert first.stdout is not None and first.stdout.readline() == b"up\n"

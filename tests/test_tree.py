@@ -124,7 +124,7 @@ def test_a_fork_chain_started_by_a_turn_is_killed_and_the_cli_kept(
         before: frozenset[tree.Identity] = frozenset()
         wait_for(marker)
 
-        def listing() -> list[psutil.Process]:
+        def listing() -> list[tree.Proc]:
             return tree.turn_processes(h.proc.pid, before, {h.cli.pid})
 
         tree.terminate(listing, timeout=0.5, grace=TREE_GRACE)
@@ -152,6 +152,37 @@ def test_a_stopped_tree_is_killed_without_waiting_for_kill_timeout(
         assert alive(process_audit) == []
 
 
+def test_a_tool_that_catches_sigterm_gets_its_time_and_what_it_starts_too(
+    tmp_path: Path, process_audit: str
+) -> None:
+    """The kill ends at once what SIGTERM would kill outright, but a process that
+    catches SIGTERM runs its handler, and what the handler starts (a shell's trap
+    running a clean-up command) still gets the rest of `kill_timeout`."""
+    marker, cleaned = tmp_path / "tool-started", tmp_path / "cleaned-up"
+    cleanup = f"import time; time.sleep(0.5); open({str(cleaned)!r}, 'w')"
+    tool = [
+        sys.executable,
+        "-c",
+        "import signal, subprocess, sys, time\n"
+        "def on_term(signum, frame):\n"
+        f"    subprocess.Popen([sys.executable, '-c', {cleanup!r}])\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, on_term)\n"
+        "for _ in range(20):\n"  # plain children, which SIGTERM kills outright
+        "    subprocess.Popen(['sleep', '300'])\n"
+        f"open({str(marker)!r}, 'w')\n"
+        "time.sleep(300)",
+    ]
+    with helper(a_cli_with_tool(tool), kill_timeout=20) as h:
+        wait_for(marker)
+        start = time.monotonic()
+        report = h.stop(timeout=60)
+        assert cleaned.exists()  # the clean-up ran to its end, not SIGKILLed
+        assert time.monotonic() - start < 15  # generous: about half a second
+        assert report["survivors"] == 0
+        assert alive(process_audit) == []
+
+
 def test_processes_in_the_clis_own_session_are_not_a_turns(
     tmp_path: Path, process_audit: str
 ) -> None:
@@ -174,7 +205,7 @@ def test_processes_in_the_clis_own_session_are_not_a_turns(
         own, tool = sorted(h.cli.children(), key=lambda p: p.create_time())
         assert os.getsid(own.pid) == os.getsid(h.cli.pid) != os.getsid(tool.pid)
         found = tree.turn_processes(h.proc.pid, frozenset(), {h.cli.pid})
-        assert found == [tool]
+        assert found == [tree.Proc.of(tool)]
         tree.terminate(lambda: found, timeout=5, grace=TREE_GRACE)
         assert not tool.is_running() or tool.status() == psutil.STATUS_ZOMBIE
         assert own.is_running() and own.status() != psutil.STATUS_ZOMBIE
