@@ -13,9 +13,13 @@ import, a window in which a parent's SIGINT would otherwise kill the wrapper.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+# typing.TYPE_CHECKING, without importing typing: the executable imports this package
+# before it starts the CLI (`_cli.early_start`). Type checkers know the name.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._errors import (
         CliNotFoundError,
         SessionClosedError,

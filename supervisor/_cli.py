@@ -17,10 +17,8 @@ import os  # noqa: E402
 
 #: Who started us, read before the slow imports: if it dies meanwhile, we still notice.
 STARTED_BY = os.getppid()
-import shutil  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Mapping, Sequence  # noqa: E402
-from typing import TYPE_CHECKING  # noqa: E402
 
 # Only the standard library here: the CLI is started (`early_start`) before anything
 # slower is imported. `_config` (attrs, argparse) comes next, trio with the mode that
@@ -28,6 +26,7 @@ from typing import TYPE_CHECKING  # noqa: E402
 from ._args import split_invocation, wants_stream_json_input  # noqa: E402
 from ._grace import KILL_TIMEOUT, TREE_GRACE  # noqa: E402
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see `_launch`)
 if TYPE_CHECKING:
     from ._config import Invocation
     from ._launch import Prestarted
@@ -56,10 +55,18 @@ def _is_this_wrapper(path: str) -> bool:
     return b"supervisor._cli" in head or b"python -m supervisor " in head
 
 
+def _which(name: str, path: str | None = None) -> str | None:
+    """`shutil.which`, imported when a name must be looked up on PATH: with `--claude`
+    or its variable set to a path, the CLI starts without it (see `early_start`)."""
+    import shutil
+
+    return shutil.which(name, path=path)
+
+
 def find_real_claude(path_variable: str | None = None) -> str | None:
     """The first `claude` on PATH that is not this wrapper."""
     for directory in (path_variable or os.environ.get("PATH", "")).split(os.pathsep):
-        candidate = shutil.which("claude", path=directory or ".")
+        candidate = _which("claude", path=directory or ".")
         if candidate and not _is_this_wrapper(candidate):
             return candidate
     return None
@@ -103,7 +110,7 @@ def _resolve_claude(named: str) -> tuple[str | None, str | None]:
     """(path, problem): a bare name is looked up on PATH, as a shell would; then checked."""
     claude = named
     if os.sep not in named:
-        found = shutil.which(named)
+        found = _which(named)
         if found is None:
             return None, (
                 f"--claude {named}: no such executable on PATH; give its path, or install "

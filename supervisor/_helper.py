@@ -23,6 +23,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import psutil
 import trio
@@ -31,7 +32,10 @@ from . import _launch as hub_process
 from . import _tree as tree
 from ._framing import LineSplitter
 from ._grace import REAP_GRACE, TREE_GRACE
-from ._launch import HubProcess, Prestarted
+from ._launch import Prestarted
+
+if TYPE_CHECKING:
+    from ._launch import HubProcess
 
 #: A report of the hub about one run, one JSON object (see `_hub`).
 Report = dict[str, object]

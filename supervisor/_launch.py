@@ -20,13 +20,26 @@ import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
 
 # What only some callers need (`start`, a spawn request, prctl in the hub, a timeout)
 # is imported where it is used: `prestart` runs before the CLI starts, and every
-# millisecond spent importing here is one the CLI starts later.
+# millisecond spent importing here is one the CLI starts later. Even `typing` (3 ms):
+# type checkers know this name without it.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
+    from typing import Protocol
+
+    class HubProcess(Protocol):
+        """What a host needs of its hub process: a `subprocess.Popen`, or a `Forked`."""
+
+        @property
+        def pid(self) -> int: ...
+
+        def poll(self) -> int | None: ...
+
+        def wait(self, timeout: float | None = None) -> int: ...
+
 
 #: Set in each CLI's environment to the hub's pid (the executable's recursion guard).
 HUB_PID_VARIABLE = "CLAUDE_SUPERVISOR_HELPER_PID"
@@ -82,17 +95,6 @@ def start(
     finally:
         theirs.close()
     return process, control
-
-
-class HubProcess(Protocol):
-    """What a host needs of its hub process: a `subprocess.Popen`, or a `Forked` one."""
-
-    @property
-    def pid(self) -> int: ...
-
-    def poll(self) -> int | None: ...
-
-    def wait(self, timeout: float | None = None) -> int: ...
 
 
 class Forked:
