@@ -648,9 +648,9 @@ def terminate_steps(
     stopped process cannot fork). Then SIGTERM, and SIGCONT so that stopped processes,
     ours or someone else's (a wedged CLI), can act on it at once rather than after
     `timeout`. Until `timeout` has passed, or what was frozen has exited and the
-    listing is empty, it waits; then rounds of freeze and SIGKILL follow until the
-    listing is empty, bounded by `timeout + grace` in all: this never blocks without a
-    deadline on processes it is trying to kill. (`grace` is `_policy.TREE_GRACE`,
+    listing stays empty (then it is done), it waits; then rounds of freeze and SIGKILL
+    follow until the listing is empty, bounded by `timeout + grace` in all: this never
+    blocks without a deadline on processes it is trying to kill. (`grace` is `_policy.TREE_GRACE`,
     passed in: the hub must not import the package's trio side.) A process that
     SIGTERM, or in those rounds SIGKILL, ends without its running any code gets it as
     soon as it is seen stopped, while the freeze goes on (`_freeze`).
@@ -678,13 +678,19 @@ def terminate_steps(
 
     seized = seize is not None
     frozen = yield from _freeze(freezing, deadline, reap, seized=seized, ended=signalled)
+    if not frozen and not signalled and (yield from _stays_empty(listing, reap)):
+        # Nothing to kill (the usual case after a turn's in-band cancel: the CLI ended
+        # its tools itself): the end the kill rounds below would reach, without the
+        # waits for SIGTERM and the round of freeze before it.
+        return 0
     send(
         (proc for proc in frozen if proc.identity not in signalled), signal.SIGTERM, signal.SIGCONT
     )
     term_end = min(start + timeout, deadline)
     yield from _wait_exited(frozen, term_end, reap)
-    if time.monotonic() < term_end:
-        yield from _wait_gone(listing, term_end, reap)
+    if time.monotonic() < term_end and (yield from _wait_gone(listing, term_end, reap)):
+        return len(signalled)  # all gone, and the listing stayed empty: where the
+        # kill rounds below would end at once
     while True:
         killed: set[Identity] = set()
         frozen = yield from _freeze(
@@ -804,17 +810,18 @@ def _wait_gone(
     listing: Callable[[], Iterable[Proc]],
     deadline: float,
     reap: Callable[[], None] | None,
-) -> Generator[float, None, None]:
-    """Waits until nothing `listing()` gives runs (zombies count as gone), or `deadline`."""
+) -> Generator[float, None, bool]:
+    """Waits until nothing `listing()` gives runs (zombies count as gone), or `deadline`;
+    whether the listing was seen to stay empty (`_stays_empty`)."""
     delay = 0.002
     while True:
         if reap is not None:
             reap()
         if not any(running(p) for p in listing()) and (yield from _stays_empty(listing, reap)):
-            return
+            return True
         now = time.monotonic()
         if now >= deadline:
-            return
+            return False
         yield min(delay, deadline - now)
         delay = min(delay * 2, 0.05)
 
