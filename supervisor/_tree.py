@@ -650,10 +650,10 @@ def terminate_steps(
     `timeout`. Until `timeout` has passed, or what was frozen has exited and the
     listing stays empty (then it is done), it waits; then rounds of freeze and SIGKILL
     follow until the listing is empty, bounded by `timeout + grace` in all: this never
-    blocks without a deadline on processes it is trying to kill. (`grace` is `_policy.TREE_GRACE`,
-    passed in: the hub must not import the package's trio side.) A process that
-    SIGTERM, or in those rounds SIGKILL, ends without its running any code gets it as
-    soon as it is seen stopped, while the freeze goes on (`_freeze`).
+    blocks without a deadline on processes it is trying to kill. (`grace` is
+    `_policy.TREE_GRACE`, passed in: the hub must not import the package's trio side.)
+    A process that SIGTERM, or in those rounds SIGKILL, ends without its running any
+    code gets it as soon as it is seen stopped, while the freeze goes on (`_freeze`).
 
     What was frozen is waited for on its own, not listed again: the listing is the
     costly part (a walk of every process of the tree), and a round of freeze lists
