@@ -292,9 +292,14 @@ class Prestarted:
         self.fds = fds
         #: Set once a relay has taken the run over: from then on it is the relay's.
         self.taken = False
+        self._discarded = False
 
     def discard(self) -> None:
-        """Lets go of the run: the hub sees its session end and kills the CLI."""
+        """Lets go of the run: the hub sees its session end and kills the CLI. Once:
+        closing the descriptors again could close others that took their numbers."""
+        if self._discarded:
+            return
+        self._discarded = True
         self.sock.close()
         for fd in self.fds:
             os.close(fd)
@@ -302,6 +307,8 @@ class Prestarted:
     def abandon(self, timeout: float) -> None:
         """Lets go of the run and of its hub, and waits (at most `timeout`) until the
         hub has killed the CLI and exited: an executable that ends here leaves nothing."""
+        if self._discarded:
+            return
         self.discard()
         self.control.close()
         import subprocess

@@ -17,6 +17,7 @@ import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from wrapper_harness import STREAM_ARGS, Wrapper, environ, is_result, user
 
 from supervisor._args import split_invocation, wants_stream_json_input
 from supervisor._cli import _FLAGS, _resolve_claude, early_plan, find_real_claude
@@ -191,3 +192,35 @@ async def test_a_cli_started_early_for_a_bad_invocation_is_gone_when_the_wrapper
     pid = int(started.read_text())
     with pytest.raises(psutil.NoSuchProcess):
         psutil.Process(pid)
+
+
+async def test_an_early_cli_the_full_reading_disagrees_with_is_replaced_by_the_right_one(
+    fake_claude: Path, home: Path, tmp_path: Path
+) -> None:
+    """`--claude ""` is "not given" to the early reading, which then takes the variable's
+    CLI; to argparse it is given, empty, and the CLI on PATH runs. The early CLI is
+    ended and the one the full reading asks for serves the session."""
+    started = tmp_path / "wrong-started"
+    wrong = tmp_path / "wrong" / "claude"
+    wrong.parent.mkdir()
+    wrong.write_text(
+        f"#!/bin/sh\ntrap '' TERM\necho $$ > {started}.tmp && mv {started}.tmp {started}\n"
+        "exec sleep 60\n"
+    )
+    wrong.chmod(0o755)
+    env = environ(
+        CLAUDE_SUPERVISOR_CLAUDE=str(wrong),
+        PATH=f"{fake_claude.parent}{os.pathsep}{os.environ['PATH']}",
+    )
+    w = await Wrapper.start(["--claude", "", "--", *STREAM_ARGS], env=env)
+    try:
+        await w.send(user("hello"))
+        result = await w.expect(is_result)
+        assert result.get("subtype") == "success"
+        # The wrong CLI had started (the path under test), and is gone.
+        pid = int(started.read_text())
+        with pytest.raises(psutil.NoSuchProcess):
+            psutil.Process(pid)
+    finally:
+        await w.close_stdin()
+        assert await w.wait() == 0
