@@ -34,7 +34,15 @@ import functools
 import os
 import signal
 import time
-from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping
+from collections.abc import (
+    Callable,
+    Collection,
+    Container,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from typing import TypeVar, cast
 
 import psutil
@@ -312,7 +320,7 @@ def _child_pids(proc: Proc) -> list[int]:
             continue  # gone, or a thread that ended since the listing
         try:
             while chunk := os.read(fd, 65536):
-                pids.extend(int(word) for word in chunk.split())
+                pids.extend(map(int, chunk.split()))
         except (OSError, ValueError):
             continue
         finally:
@@ -322,14 +330,14 @@ def _child_pids(proc: Proc) -> list[int]:
 
 def children(
     proc: Proc,
-    skip: Callable[[int], bool] | None = None,
+    skip: Container[int] = (),
     sighted: Callable[[int], None] | None = None,
     *,
     pinned: bool = False,
 ) -> Iterator[Proc]:
     """The children of `proc`, zombies included, newest first; none if it is gone.
 
-    Pids for which `skip` is true are left out before anything is read about them;
+    Pids in `skip` are left out before anything is read about them;
     `sighted` is called with each other one, before anything is read about it. Each is
     read when the one before has been dealt with. `pinned`: each comes with a pidfd
     opened before it was read, so that it is signalled without being read again
@@ -344,7 +352,7 @@ def children(
     else:
         pids = _child_pids(proc)
     for pid in reversed(pids):  # newest first (see `descendants`)
-        if skip is not None and skip(pid):
+        if pid in skip:
             continue
         if sighted is not None:
             sighted(pid)
@@ -376,15 +384,16 @@ def descendants(
     pid: int,
     *,
     prune: Callable[[Proc, int], bool] | None = None,
-    skip: Callable[[int], bool] | None = None,
+    skip: Collection[int] = (),
     seen_one: Callable[[Proc], None] | None = None,
     sighted: Callable[[int], None] | None = None,
 ) -> list[Proc]:
     """Every live descendant of `pid`, parents before children; [] if `pid` is gone.
 
     A process for which `prune(process, its parent's pid)` is true is left out, with
-    its whole subtree; so is a child of `pid` itself whose pid `skip` rejects, before
-    anything is read about it (a hub's children: the other sessions' CLIs).
+    its whole subtree; so is a child of `pid` itself whose pid is in `skip`, before
+    anything is read about it (a hub's children: the other sessions' CLIs; a set, so
+    that hundreds of them are left out at the cost of one set operation).
 
     `seen_one` is called with each process as soon as it is found, before the walk goes
     on (`stop_on_sight`). The root's children are looked at newest first: that is where
@@ -398,11 +407,6 @@ def descendants(
     found: list[Proc] = []
     looked_at: set[int] = set()  # a child re-parented mid-walk is met twice
     todo: list[Proc] = []
-
-    def skip_root_child(pid: int) -> bool:
-        # Met before, in this walk: not read, nor `sighted`, again (`SessionFilter._hold`
-        # would stop it and then let it go, as one it did not get to read).
-        return pid in looked_at or (skip is not None and skip(pid))
 
     def take(child: Proc, parent: int) -> None:
         if child.pid in looked_at:
@@ -420,7 +424,10 @@ def descendants(
         # had already been read. A fork chain does this at every link. (A thread the
         # root started since it was read is not looked at: the hub has one.)
         fresh = False
-        for child in children(root, skip_root_child, sighted, pinned=pinned):
+        # Met before, in this walk: not read, nor `sighted`, again (`SessionFilter._hold`
+        # would stop it and then let it go, as one it did not get to read).
+        left_out = looked_at.union(skip) if skip else looked_at
+        for child in children(root, left_out, sighted, pinned=pinned):
             fresh = True
             take(child, root.pid)
         if not fresh:
@@ -517,8 +524,9 @@ class SessionFilter:
         tell whose it is (walked into, never listed)."""
         return pid in self._unsure
 
-    def skip(self, pid: int) -> bool:
-        return pid != self.cli and pid in self.others
+    def skipped(self) -> set[int]:
+        """The hub's children left out unread: the other sessions' CLIs."""
+        return set(self.others).difference((self.cli,))
 
     def prune(self, proc: Proc, parent: int) -> bool:
         if proc.pid == self.cli or (parent != self.hub and parent not in self._unsure):
@@ -576,7 +584,7 @@ class SessionFilter:
             return descendants(
                 self.hub,
                 prune=prune,
-                skip=self.skip,
+                skip=self.skipped(),
                 seen_one=None if seen_one is None else seen,
                 sighted=None if seen_one is None else self._hold,
             )
