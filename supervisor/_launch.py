@@ -16,7 +16,6 @@ import contextlib
 import os
 import select
 import signal
-import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -27,6 +26,7 @@ from collections.abc import Mapping, Sequence
 # type checkers know this name without it.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
     import subprocess
     from typing import Protocol
 
@@ -76,6 +76,7 @@ def start(
     With `new_session` the hub (and so every CLI) runs in a session of its own, so a
     terminal's Ctrl-C reaches none; else in `process_group` (see `subprocess.Popen`).
     """
+    import socket
     import subprocess
 
     control, theirs = socket.socketpair()
@@ -227,6 +228,8 @@ _RESET_SIGNALS = [
 
 def open_session(control: socket.socket) -> socket.socket:
     """A new session's socket; its other end goes to the hub over `control`."""
+    import socket
+
     mine, theirs = socket.socketpair()
     try:
         socket.send_fds(control, [b"s"], [theirs.fileno()])
@@ -272,8 +275,9 @@ class Prestarted:
 
     `process` and `control` are the hub (for `_helper.Hub.adopt`); `sock` is the run's
     session socket and `fds` the host's ends of the CLI's stdin, stdout and stderr, for
-    `_helper.start_run` to take over, or for `discard` if the run is not wanted. (A plain
-    class: `dataclasses` costs the executable's early start a few milliseconds.)
+    `_helper.start_run` to take over, or for `discard` if the run is not wanted. The two
+    sockets are held as descriptors until asked for (`socket` is imported then, after
+    the CLI started). A plain class: `dataclasses` costs the early start milliseconds.
     """
 
     def __init__(
@@ -281,18 +285,49 @@ class Prestarted:
         args: tuple[str, ...],
         kill_timeout: float,
         process: HubProcess,
-        control: socket.socket,
-        sock: socket.socket,
+        control_fd: int,
+        sock_fd: int,
         tag: str,
         started: float,
         fds: tuple[int, int, int],
     ) -> None:
         self.args, self.kill_timeout, self.process = args, kill_timeout, process
-        self.control, self.sock, self.tag, self.started = control, sock, tag, started
-        self.fds = fds
+        self.tag, self.started, self.fds = tag, started, fds
+        self._ends: dict[str, int | socket.socket] = {"control": control_fd, "sock": sock_fd}
         #: Set once a relay has taken the run over: from then on it is the relay's.
         self.taken = False
         self._discarded = False
+
+    def _end(self, name: str) -> socket.socket:
+        end = self._ends[name]
+        if isinstance(end, int):
+            import socket
+
+            if end < 0:
+                end = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                end.close()
+            else:
+                end = socket.socket(fileno=end)
+            self._ends[name] = end
+        return end
+
+    @property
+    def control(self) -> socket.socket:
+        """The host's end of the hub's control socket."""
+        return self._end("control")
+
+    @property
+    def sock(self) -> socket.socket:
+        """The host's end of the run's session socket."""
+        return self._end("sock")
+
+    def _close(self, name: str) -> None:
+        end = self._ends[name]
+        if not isinstance(end, int):
+            end.close()
+        elif end >= 0:
+            os.close(end)
+            self._ends[name] = -1  # closed: asking for it now makes a closed socket
 
     def discard(self) -> None:
         """Lets go of the run: the hub sees its session end and kills the CLI. Once:
@@ -300,7 +335,7 @@ class Prestarted:
         if self._discarded:
             return
         self._discarded = True
-        self.sock.close()
+        self._close("sock")
         for fd in self.fds:
             os.close(fd)
 
@@ -310,7 +345,7 @@ class Prestarted:
         if self._discarded:
             return
         self.discard()
-        self.control.close()
+        self._close("control")
         import subprocess
 
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -332,22 +367,18 @@ def prestart(args: Sequence[str], *, kill_timeout: float, grace: float) -> Prest
     pipes = [os.pipe() for _ in range(STDIO)]
     ours = (pipes[0][1], pipes[1][0], pipes[2][0])
     theirs = (pipes[0][0], pipes[1][1], pipes[2][1])
-    control, hub_control = socket.socketpair()
-    sock, hub_sock = socket.socketpair()
+    control, hub_control = _socket_pair()
+    sock, hub_sock = _socket_pair()
     try:
         pid = os.fork()
     except OSError:
-        for fd in (*ours, *theirs):
+        for fd in (*ours, *theirs, control, hub_control, sock, hub_sock):
             os.close(fd)
-        for end in (control, hub_control, sock, hub_sock):
-            end.close()
         return None
     if pid == 0:  # pragma: no cover (the hub)
         code = 1
         try:
-            control.close()
-            sock.close()
-            for fd in ours:
+            for fd in (*ours, control, sock):
                 os.close(fd)
             code = _prestarted_hub(args, theirs, hub_control, hub_sock, tag, kill_timeout, grace)
         except BaseException:
@@ -356,18 +387,29 @@ def prestart(args: Sequence[str], *, kill_timeout: float, grace: float) -> Prest
             traceback.print_exc()
         finally:
             os._exit(code)
-    for fd in theirs:
+    for fd in (*theirs, hub_control, hub_sock):
         os.close(fd)
-    hub_control.close()
-    hub_sock.close()
     return Prestarted(tuple(args), kill_timeout, Forked(pid), control, sock, tag, started, ours)
+
+
+def _socket_pair() -> tuple[int, int]:
+    """A connected pair of Unix stream sockets, as descriptors (close-on-exec).
+
+    Made with `_socket`, the module `socket` is built on: importing `socket` itself (its
+    enums, `selectors`) takes 4 ms, which `prestart` would spend before the CLI starts.
+    The socket objects are made from the descriptors later (`Prestarted.control`).
+    """
+    import _socket
+
+    a, b = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    return a.detach(), b.detach()
 
 
 def _prestarted_hub(
     args: Sequence[str],
     stdio: Sequence[int],
-    control: socket.socket,
-    sock: socket.socket,
+    control_fd: int,
+    sock_fd: int,
     tag: str,
     kill_timeout: float,
     grace: float,
@@ -387,11 +429,15 @@ def _prestarted_hub(
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
-    low, high = sorted((control.fileno(), sock.fileno()))
+    low, high = sorted((control_fd, sock_fd))
     os.closerange(3, low)
     os.closerange(low + 1, high)
     os.closerange(high + 1, _max_fd())
+    import socket
+
     from . import _hub
+
+    control, sock = socket.socket(fileno=control_fd), socket.socket(fileno=sock_fd)
 
     return _hub.run_prestarted(
         control, sock, args=args, cli=cli, tag=tag, kill_timeout=kill_timeout, grace=grace
