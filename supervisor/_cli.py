@@ -179,6 +179,8 @@ def early_plan(
         kill_timeout = KILL_TIMEOUT if raw_timeout is None else float(raw_timeout)
     except ValueError:
         return None
+    if not 0 < kill_timeout < float("inf"):  # nan too: the full reading says what is wrong
+        return None
     return [resolved, *claude_args], kill_timeout
 
 

@@ -90,6 +90,9 @@ def test_anything_but_a_stream_json_run_is_left_to_the_full_reading(
         ["demo"],
         ["--cla", str(clis["elsewhere"]), "--", *STREAM],  # argparse's abbreviation
         ["--kill-timeout", "soon", "--", *STREAM],  # an error, said by the full reading
+        ["--kill-timeout", "inf", "--", *STREAM],  # one the hub could not wait out
+        ["--kill-timeout", "nan", "--", *STREAM],
+        ["--kill-timeout", "-1", "--", *STREAM],
         ["--claude", "/no/such/claude", "--", *STREAM],
     ):
         assert early_plan(argv, "claude-supervisor", environ) is None, argv
@@ -97,7 +100,7 @@ def test_anything_but_a_stream_json_run_is_left_to_the_full_reading(
 
 _VALUES = {
     "--claude": ["elsewhere", "other-claude", "claude", "/no/such/claude", ""],
-    "--kill-timeout": ["2", "1", "1e0", "soon", "-1", ""],
+    "--kill-timeout": ["2", "1", "1e0", "soon", "-1", "inf", ""],
     "--interrupt-timeout": ["3", "0"],
     "--max-line-bytes": ["4096", "5"],
     "--cla": ["elsewhere"],
