@@ -8,7 +8,7 @@ latency each frame of a 1 kHz stream gains (the CLI stamps each frame with
 CLOCK_MONOTONIC when it writes it; the reader stamps it on arrival), a one-frame echo
 round trip, and the wrapper's peak resident memory (VmHWM) over all the bursts.
 
-The wrapper asks for a 1 MiB pipe to its parent (`_relay._widen_pipe`), where a direct
+The wrapper asks for a 1 MiB pipe to its parent (`_process.widen_pipe`), where a direct
 pipe keeps the kernel's 64 KiB: the floods are also run on a direct pipe widened the
 same way, so that what the relay costs can be told from what the wider pipe gains.
 """

@@ -36,6 +36,12 @@ if TYPE_CHECKING:
 HELPER_PID_VARIABLE = "CLAUDE_SUPERVISOR_HELPER_PID"
 
 
+def _started_by_a_hub(environ: Mapping[str, str]) -> bool:
+    """Whether this wrapper is a hub's CLI: another wrapper, or itself, found it as
+    `claude` (the recursion guard)."""
+    return environ.get(HELPER_PID_VARIABLE) == str(os.getppid())
+
+
 def _error(message: str, code: int) -> int:
     print(f"claude-supervisor: {message}", file=sys.stderr)
     return code
@@ -167,7 +173,7 @@ def early_plan(
     flags = _flag_values(own)
     if mode != "run" or flags is None or not wants_stream_json_input(claude_args):
         return None
-    if environ.get(HELPER_PID_VARIABLE) == str(os.getppid()):
+    if _started_by_a_hub(environ):
         return None
     named = flags.get("--claude") or environ.get("CLAUDE_SUPERVISOR_CLAUDE") or None
     claude = named or find_real_claude(environ.get("PATH"))
@@ -210,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(args, early)
     finally:
         if early is not None and not early.taken:
-            early.abandon(early.kill_timeout + TREE_GRACE)
+            early.abandon()
 
 
 def _main(args: list[str], early: Prestarted | None) -> int:
@@ -248,8 +254,7 @@ def _main(args: list[str], early: Prestarted | None) -> int:
 
 
 def _run(invocation: Invocation, early: Prestarted | None) -> int:
-    helper_pid = os.environ.get(HELPER_PID_VARIABLE)
-    if helper_pid is not None and helper_pid == str(os.getppid()):
+    if _started_by_a_hub(os.environ):
         return _error(
             "started as the CLI by claude-supervisor itself; set --claude or "
             "CLAUDE_SUPERVISOR_CLAUDE to the real Claude Code CLI",
@@ -274,7 +279,7 @@ def _run(invocation: Invocation, early: Prestarted | None) -> int:
         if early is None or early.args != wanted or early.kill_timeout != policy.kill_timeout:
             # Not started early, or not as the full reading says: now, the same way.
             if early is not None:
-                early.abandon(early.kill_timeout + TREE_GRACE)
+                early.abandon()
             from ._launch import prestart
 
             early = prestart(wanted, kill_timeout=policy.kill_timeout, grace=TREE_GRACE)

@@ -284,6 +284,7 @@ class Prestarted:
         self,
         args: tuple[str, ...],
         kill_timeout: float,
+        grace: float,
         process: HubProcess,
         control_fd: int,
         sock_fd: int,
@@ -291,7 +292,8 @@ class Prestarted:
         started: float,
         fds: tuple[int, int, int],
     ) -> None:
-        self.args, self.kill_timeout, self.process = args, kill_timeout, process
+        self.args, self.kill_timeout, self.grace = args, kill_timeout, grace
+        self.process = process
         self.tag, self.started, self.fds = tag, started, fds
         self._ends: dict[str, int | socket.socket] = {"control": control_fd, "sock": sock_fd}
         #: Set once a relay has taken the run over: from then on it is the relay's.
@@ -304,11 +306,8 @@ class Prestarted:
             import socket
 
             if end < 0:
-                end = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                end.close()
-            else:
-                end = socket.socket(fileno=end)
-            self._ends[name] = end
+                raise ValueError(f"the early run's {name} socket was let go")
+            end = self._ends[name] = socket.socket(fileno=end)
         return end
 
     @property
@@ -327,7 +326,7 @@ class Prestarted:
             end.close()
         elif end >= 0:
             os.close(end)
-            self._ends[name] = -1  # closed: asking for it now makes a closed socket
+            self._ends[name] = -1
 
     def discard(self) -> None:
         """Lets go of the run: the hub sees its session end and kills the CLI. Once:
@@ -339,9 +338,10 @@ class Prestarted:
         for fd in self.fds:
             os.close(fd)
 
-    def abandon(self, timeout: float) -> None:
-        """Lets go of the run and of its hub, and waits (at most `timeout`) until the
-        hub has killed the CLI and exited: an executable that ends here leaves nothing."""
+    def abandon(self) -> None:
+        """Lets go of the run and of its hub, and waits (at most the kill's own bound,
+        `kill_timeout` + `grace`) until the hub has killed the CLI and exited: an
+        executable that ends here leaves nothing."""
         if self._discarded:
             return
         self.discard()
@@ -349,7 +349,7 @@ class Prestarted:
         import subprocess
 
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout)
+            self.process.wait(self.kill_timeout + self.grace)
 
 
 def prestart(args: Sequence[str], *, kill_timeout: float, grace: float) -> Prestarted | None:
@@ -389,7 +389,9 @@ def prestart(args: Sequence[str], *, kill_timeout: float, grace: float) -> Prest
             os._exit(code)
     for fd in (*theirs, hub_control, hub_sock):
         os.close(fd)
-    return Prestarted(tuple(args), kill_timeout, Forked(pid), control, sock, tag, started, ours)
+    return Prestarted(
+        tuple(args), kill_timeout, grace, Forked(pid), control, sock, tag, started, ours
+    )
 
 
 def _socket_pair() -> tuple[int, int]:

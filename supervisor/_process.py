@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import math
 import os
+import stat
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import cast
@@ -57,6 +58,16 @@ READ_BYTES = 1024 * 1024
 #: pipe holds 64 KiB). Only there: a library with hundreds of sessions would spend the
 #: user's pipe quota (fs.pipe-user-pages-soft), past which new pipes get one page.
 RELAY_PIPE_BYTES = 1024 * 1024
+
+
+def widen_pipe(fd: int) -> None:
+    """Asks for `RELAY_PIPE_BYTES` of pipe (the executable's, both ways of the relay): a
+    1 MB frame is then one read or one write, where a default pipe (64 KiB) takes
+    sixteen, each a wait for the other side. Left as it is when `fd` is not a pipe, or
+    when the system's limit (fs.pipe-max-size) or the user's quota says no."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, RELAY_PIPE_BYTES)
 
 
 @attrs.frozen
@@ -248,8 +259,7 @@ class CliProcess:
         async with self._helper.stdout as stdout:
             fd = stdout.fileno()
             if relay_part is not None:
-                with contextlib.suppress(OSError):  # over the limit or quota: as it is
-                    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, RELAY_PIPE_BYTES)
+                widen_pipe(fd)
             while chunk := await _read(fd):
                 run: list[bytes] = []  # the whole lines of the read, as they come
                 for item in lines.feed(chunk):

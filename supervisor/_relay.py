@@ -11,13 +11,11 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime
-import fcntl
 import itertools
 import json
 import math
 import os
 import signal
-import stat
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -38,7 +36,7 @@ from ._framing import (
 )
 from ._inbound import user_event
 from ._launch import Prestarted
-from ._process import RELAY_PIPE_BYTES, ReadDone
+from ._process import ReadDone, widen_pipe
 from ._report import CancelReport
 
 #: Once stopping, how long the frames for stdout may wait for a reader, beyond the kill
@@ -57,16 +55,6 @@ _COPY_BYTES = 16 * 1024
 
 #: The most pieces one write takes (the kernel's IOV_MAX).
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
-
-
-def _widen_pipe(fd: int) -> None:
-    """Asks for a pipe to the parent as wide as the CLI's (`_process.RELAY_PIPE_BYTES`):
-    a 1 MB frame is then one write, where a default pipe (64 KiB) takes sixteen, each a
-    wait for the parent to read. Left as it is when it is not a pipe, or when the
-    system's limit (fs.pipe-max-size) or the user's quota says no."""
-    with contextlib.suppress(OSError):
-        if stat.S_ISFIFO(os.fstat(fd).st_mode):
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, RELAY_PIPE_BYTES)
 
 
 class Relay:
@@ -257,7 +245,7 @@ class Relay:
     async def _write_stdout(self, done: trio.Event) -> None:
         try:
             async with trio.lowlevel.FdStream(os.dup(sys.stdout.fileno())) as stdout:
-                _widen_pipe(stdout.fileno())
+                widen_pipe(stdout.fileno())  # see there
                 while self._out or not self._out_closed.is_set():
                     if not self._out:
                         self._out_ready = trio.Event()
