@@ -12,8 +12,6 @@ import, a window in which a parent's SIGINT would otherwise kill the wrapper.
 
 from __future__ import annotations
 
-import importlib
-
 # typing.TYPE_CHECKING, without importing typing: the executable imports this package
 # before it starts the CLI (`_cli.early_start`). Type checkers know the name.
 TYPE_CHECKING = False
@@ -100,6 +98,8 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
         raise AttributeError(f"module 'supervisor' has no attribute {name!r}")
+    import importlib
+
     value = getattr(importlib.import_module(_WHERE[name], __name__), name)
     globals()[name] = value
     return value

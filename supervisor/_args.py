@@ -8,7 +8,10 @@ else, to start the CLI early (`_cli.early_start`).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see `_launch`)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 #: Flags that choose which session the CLI runs, with whether they take a value.
 #: On a respawn they are all replaced by `--resume <id>`.

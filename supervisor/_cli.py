@@ -6,7 +6,15 @@ variable; 127 when the CLI cannot be found or started.
 
 from __future__ import annotations
 
-import signal
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see `_launch`)
+if TYPE_CHECKING:
+    import signal
+    from collections.abc import Mapping, Sequence
+
+    from ._config import Invocation
+    from ._launch import Prestarted
+else:  # `signal` is `_signal` wrapped in enums: importing `enum` costs 4 ms at start
+    import _signal as signal
 
 # First of all, before the imports below (and trio's, once the mode is known) take their
 # time: a parent's SIGINT while the wrapper starts must not kill it (the relay installs
@@ -18,18 +26,12 @@ import os  # noqa: E402
 #: Who started us, read before the slow imports: if it dies meanwhile, we still notice.
 STARTED_BY = os.getppid()
 import sys  # noqa: E402
-from collections.abc import Mapping, Sequence  # noqa: E402
 
 # Only the standard library here: the CLI is started (`early_start`) before anything
 # slower is imported. `_config` (attrs, argparse) comes next, trio with the mode that
 # runs, `importlib.metadata` with --version alone.
 from ._args import split_invocation, wants_stream_json_input  # noqa: E402
 from ._grace import KILL_TIMEOUT, TREE_GRACE  # noqa: E402
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see `_launch`)
-if TYPE_CHECKING:
-    from ._config import Invocation
-    from ._launch import Prestarted
 
 #: Set by the helper for the CLI it starts: a wrapper whose parent is that helper has been
 #: started as "the CLI" by another wrapper, which would recurse forever.

@@ -12,22 +12,22 @@ request with the CLI's three pipes attached), is in `_hub`.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
-import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
 
 # What only some callers need (`start`, a spawn request, prctl in the hub, a timeout)
 # is imported where it is used: `prestart` runs before the CLI starts, and every
-# millisecond spent importing here is one the CLI starts later. Even `typing` (3 ms):
-# type checkers know this name without it.
+# millisecond spent importing here is one the CLI starts later. Even `typing` (3 ms),
+# `collections` (2 ms, with `contextlib`) or `enum` (4 ms, with `signal`, which only
+# wraps `_signal`): type checkers know these names without them.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal
     import socket
     import subprocess
+    from collections.abc import Mapping, Sequence
     from typing import Protocol
 
     class HubProcess(Protocol):
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
         def poll(self) -> int | None: ...
 
         def wait(self, timeout: float | None = None) -> int: ...
+
+else:
+    import _signal as signal
 
 
 #: Set in each CLI's environment to the hub's pid (the executable's recursion guard).
@@ -196,6 +199,8 @@ def fork_exec(args: list[str], env: dict[str, str], cwd: str, stdio: Sequence[in
             os.closerange(error_write + 1, _max_fd())
             os.execvpe(args[0], args, env)
         except OSError as exc:
+            import contextlib
+
             with contextlib.suppress(OSError):
                 os.write(error_write, f"{exc.errno or 0}:{exc.strerror or exc}".encode())
         finally:
@@ -209,6 +214,8 @@ def fork_exec(args: list[str], env: dict[str, str], cwd: str, stdio: Sequence[in
         os.close(error_read)
     if chunks:
         number, _, message = b"".join(chunks).decode(errors="replace").partition(":")
+        import contextlib
+
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
         raise OSError(int(number or 0), message)
@@ -346,6 +353,7 @@ class Prestarted:
             return
         self.discard()
         self._close("control")
+        import contextlib
         import subprocess
 
         with contextlib.suppress(subprocess.TimeoutExpired):
