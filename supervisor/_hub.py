@@ -350,9 +350,11 @@ class _Hub:
         self._send(session, event="spawn_failed", error=error)
         session.ended = True
 
-    def _spawned(self, session: _Session, pid: int) -> None:
+    def _spawned(self, session: _Session, pid: int, *, reported: bool = False) -> None:
         session.cli = pid
         self.clis[pid] = session
+        if reported:  # by `_launch.prestart`'s hub, before this loop was imported
+            return
         # Not reaped yet (only this thread reaps), so the pid is still the CLI's.
         try:
             created: float | None = psutil.Process(pid).create_time()
@@ -426,7 +428,8 @@ def run_prestarted(
     grace: float,
 ) -> int:
     """The hub's loop, with a first session whose CLI was forked before it began (the
-    CLI's pid, or why it could not start), as if asked on `sock` (`_launch.prestart`)."""
+    CLI's pid, or why it could not start), as if asked on `sock` (`_launch.prestart`,
+    which has sent the `spawned` report already)."""
     hub = _Hub(control)
     session = hub._add_session(sock)
     session.started = True
@@ -435,7 +438,10 @@ def run_prestarted(
     if isinstance(cli, OSError):
         hub._spawn_failed(session, args, cli)
     else:
-        hub._spawned(session, cli)
+        hub._spawned(session, cli, reported=True)
+        # What exited before the loop's SIGCHLD handler was there (the CLI may have, in
+        # `BOOT_IDLE`) would wait for another child's signal: reaped now.
+        hub._reap()
     return hub.run()
 
 

@@ -8,9 +8,11 @@ while the wrapper imports the rest; `_cli._run` keeps that CLI only if the full 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import psutil
 import pytest
@@ -22,6 +24,7 @@ from wrapper_harness import STREAM_ARGS, Wrapper, environ, is_result, user
 from supervisor._args import split_invocation, wants_stream_json_input
 from supervisor._cli import _FLAGS, _resolve_claude, early_plan, find_real_claude
 from supervisor._config import OPTIONS, ConfigError, parse_invocation
+from supervisor._launch import _create_time
 
 STREAM = ["-p", "--input-format", "stream-json", "--output-format", "stream-json"]
 
@@ -227,3 +230,54 @@ async def test_an_early_cli_the_full_reading_disagrees_with_is_replaced_by_the_r
     finally:
         await w.close_stdin()
         assert await w.wait() == 0
+
+
+def test_the_creation_time_read_without_psutil_is_psutils() -> None:
+    """The prestarted hub reports its CLI's creation time before it imports psutil; the
+    host checks it against psutil's (`_tree.process_of`), so the two must agree."""
+    assert _create_time(os.getpid()) == psutil.Process().create_time()
+    assert _create_time(os.getppid()) == psutil.Process(os.getppid()).create_time()
+
+
+#: Run in a process of its own: `prestart` forks, and only a process with one thread may.
+_PRESTART = """
+import json, sys, time
+from supervisor._launch import prestart
+from supervisor._tree import process_of
+early = prestart(sys.argv[1:], kill_timeout=1.0, grace=1.0)
+reports = early.sock.makefile("rb")
+spawned = json.loads(reports.readline())
+if sys.argv[1] == "true":
+    accepted, exited = None, json.loads(reports.readline())
+else:
+    proc = process_of(spawned)
+    accepted, exited = proc is not None and proc.cmdline() == sys.argv[1:], None
+print(json.dumps({"spawned": spawned, "accepted": accepted, "exited": exited}))
+early.abandon()
+"""
+
+
+async def _prestarted(*args: str) -> dict[str, Any]:
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [sys.executable, "-c", _PRESTART, *args], capture_stdout=True, check=True
+        )
+    return cast(dict[str, Any], json.loads(result.stdout))
+
+
+async def test_a_prestarted_hub_reports_its_cli_as_psutil_sees_it() -> None:
+    """The report comes from the hub before its loop exists (`_launch._report_spawned`),
+    in the loop's format: the host takes it for its CLI, pid and creation time."""
+    seen = await _prestarted("sleep", "30")
+    assert seen["spawned"]["event"] == "spawned"
+    assert seen["accepted"] is True
+
+
+async def test_a_cli_that_exits_while_its_hub_waits_for_it_to_boot_is_reported() -> None:
+    """The CLI's exit comes before the hub's loop and its SIGCHLD handler (`BOOT_IDLE`):
+    the loop still reaps it and reports its end, rather than waiting for another
+    child's signal or for the host to give up."""
+    seen = await _prestarted("true")
+    assert seen["spawned"]["event"] == "spawned"
+    assert seen["exited"]["event"] == "exited"
+    assert seen["exited"]["returncode"] == 0
