@@ -8,8 +8,10 @@ while the wrapper imports the rest; `_cli._run` keeps that CLI only if the full 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, cast
@@ -281,3 +283,26 @@ async def test_a_cli_that_exits_while_its_hub_waits_for_it_to_boot_is_reported()
     assert seen["spawned"]["event"] == "spawned"
     assert seen["exited"]["event"] == "exited"
     assert seen["exited"]["returncode"] == 0
+
+
+async def test_a_wrapper_sigkilled_while_its_cli_boots_leaves_nothing(tmp_path: Path) -> None:
+    """SIGKILLed before its relay exists, while its hub waits out the CLI's boot before
+    it imports its loop (`_launch.BOOT_IDLE`): the hub wakes at its host's end and kills
+    the CLI (and the audit finds no hub left either)."""
+    started = tmp_path / "started"
+    os.mkfifo(started)
+    cli = tmp_path / "claude"
+    cli.write_text(f"#!/bin/sh\necho $$ > {started}\nexec sleep 60\n")
+    cli.chmod(0o755)
+    wrapper = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "supervisor", "--claude", str(cli), "--", *STREAM],
+        stdin=subprocess.PIPE,
+    )
+    with trio.fail_after(30):
+        pid = int(await trio.to_thread.run_sync(started.read_text))
+    wrapper.kill()
+    await wrapper.wait()
+    with contextlib.suppress(psutil.NoSuchProcess):
+        booting = psutil.Process(pid)
+        _gone, left = await trio.to_thread.run_sync(lambda: psutil.wait_procs([booting], 15))
+        assert left == []
