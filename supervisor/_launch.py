@@ -446,10 +446,16 @@ def _prestarted_hub(
     if isinstance(cli, int):
         _report_spawned(sock_fd, cli)
         _idle_while_booting(cli, (control_fd, sock_fd))
+    import gc
     import socket
 
     from . import _hub
 
+    # The executable holds the collector off while it imports (`_cli.main`); the hub,
+    # a copy of it, has imported what its loop needs, which runs for as long as the
+    # session: with the collector, and without what it will never free to scan.
+    gc.freeze()
+    gc.enable()
     control, sock = socket.socket(fileno=control_fd), socket.socket(fileno=sock_fd)
 
     return _hub.run_prestarted(

@@ -9,6 +9,7 @@ while the wrapper imports the rest; `_cli._run` keeps that CLI only if the full 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import subprocess
@@ -24,7 +25,7 @@ from hypothesis import strategies as st
 from wrapper_harness import STREAM_ARGS, Wrapper, environ, is_result, user
 
 from supervisor._args import split_invocation, wants_stream_json_input
-from supervisor._cli import _FLAGS, _resolve_claude, early_plan, find_real_claude
+from supervisor._cli import _FLAGS, _resolve_claude, early_plan, find_real_claude, main
 from supervisor._config import OPTIONS, ConfigError, parse_invocation
 from supervisor._launch import _create_time
 
@@ -169,6 +170,11 @@ def test_an_early_start_is_the_start_the_full_reading_asks_for(
     if problem is not None or resolved is None:
         assert plan is None
         return
+    if full.config.claude == "" and environ.get("CLAUDE_SUPERVISOR_CLAUDE"):
+        # The one reading they differ on, known: `--claude ""` is not given to the early
+        # reading, which takes the variable's CLI, and given (empty) to argparse; `_run`
+        # replaces that CLI, as the wrapper test of the disagreement below shows.
+        return
     if plan is not None:
         assert plan == ([resolved, *full.claude_args], full.config.policy.kill_timeout)
 
@@ -306,3 +312,14 @@ async def test_a_wrapper_sigkilled_while_its_cli_boots_leaves_nothing(tmp_path: 
         booting = psutil.Process(pid)
         _gone, left = await trio.to_thread.run_sync(lambda: psutil.wait_procs([booting], 15))
         assert left == []
+
+
+def test_the_collector_held_off_during_the_imports_is_given_back(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`main` holds the collector off while it imports; a caller in the same process
+    (a test, an embedding program) gets it back as it was."""
+    assert gc.isenabled()
+    assert main(["--version"]) == 0
+    assert "claude-supervisor" in capsys.readouterr().out
+    assert gc.isenabled()
