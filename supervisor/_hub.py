@@ -74,14 +74,13 @@ import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any
 
-import psutil
-
 from . import _tree as tree
 from ._launch import (
     HUB_PID_VARIABLE,
     KILL_REQUEST,
     STDIO,
     become_subreaper,
+    creation_time,
     fork_exec,
     new_tag,
     open_session,
@@ -356,11 +355,7 @@ class _Hub:
         if reported:  # by `_launch.prestart`'s hub, before this loop was imported
             return
         # Not reaped yet (only this thread reaps), so the pid is still the CLI's.
-        try:
-            created: float | None = psutil.Process(pid).create_time()
-        except tree.GONE:
-            created = None
-        self._send(session, event="spawned", pid=pid, create_time=created)
+        self._send(session, event="spawned", pid=pid, create_time=creation_time(pid))
 
     def _end(self, session: _Session) -> None:
         """Kills the session's tree (its CLI first, if alive), then reports its exit."""

@@ -488,23 +488,34 @@ def _idle_while_booting(cli: int, sockets: Sequence[int]) -> None:  # pragma: no
 def _report_spawned(sock_fd: int, cli: int) -> None:  # pragma: no cover (in the hub)
     """Sends the `spawned` report of `_hub` at once, without json or psutil (see
     `BOOT_IDLE`): the host learns the CLI's pid as soon as it exists."""
-    created = _create_time(cli)
-    time = "null" if created is None else repr(created)  # as json.dumps writes them
-    report = f'{{"event": "spawned", "pid": {cli}, "create_time": {time}}}\n'
+    created = creation_time(cli)
+    stamp = "null" if created is None else repr(created)  # as json.dumps writes them
+    report = f'{{"event": "spawned", "pid": {cli}, "create_time": {stamp}}}\n'
     import contextlib
 
     with contextlib.suppress(OSError):  # the host is gone: the loop, next, sees it
         os.write(sock_fd, report.encode())
 
 
-def _create_time(pid: int) -> float | None:
-    """psutil's `Process.create_time`: the start, in clock ticks after boot, plus the
-    boot time; None when it cannot be read (and the host then checks nothing)."""
+def creation_time(pid: int) -> float | None:
+    """psutil's `Process.create_time` of `pid`, read without psutil (see `BOOT_IDLE`);
+    None when it cannot be read (and the host then checks nothing)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             ticks = int(f.read().rpartition(b")")[2].split()[19])
-        with open("/proc/stat", "rb") as f:
-            boot = next(float(line.split()[1]) for line in f if line.startswith(b"btime"))
+        return started_at(ticks)
     except (OSError, ValueError, IndexError, StopIteration):
         return None
-    return ticks / os.sysconf("SC_CLK_TCK") + boot
+
+
+_boot: list[float] = []  # the boot time, once read
+
+
+def started_at(ticks: int) -> float:
+    """When a process that started `ticks` clock ticks after boot started, in seconds
+    since the epoch: the start field of `/proc/PID/stat` plus the boot time, as psutil
+    computes it (`_tree.process_of` compares the two)."""
+    if not _boot:
+        with open("/proc/stat", "rb") as f:
+            _boot.append(next(float(line.split()[1]) for line in f if line.startswith(b"btime")))
+    return _boot[0] + ticks / os.sysconf("SC_CLK_TCK")

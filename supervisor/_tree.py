@@ -30,7 +30,6 @@ start fast (not load trio).
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
 import time
@@ -48,6 +47,7 @@ from typing import TypeVar, cast
 import psutil
 
 from ._launch import TAG_VARIABLE as TAG_VARIABLE
+from ._launch import started_at
 
 #: (pid, start time in clock ticks since boot): a process, safe against pid reuse.
 Identity = tuple[int, int]
@@ -169,7 +169,7 @@ class Proc:
 
     def create_time(self) -> float:
         """When it started, in seconds since the epoch (as `psutil` computes it)."""
-        return _boot_time() + self.start / _CLOCK_TICKS
+        return started_at(self.start)
 
     def tag(self) -> str | None:
         """`TAG_VARIABLE` in what it was started with ("" without); None if that cannot
@@ -279,13 +279,7 @@ class Proc:
         return f"Proc(pid={self.pid}, ppid={self.ppid}, state={self.state!r})"
 
 
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _SIGTERM_BIT = 1 << (signal.SIGTERM - 1)
-
-
-@functools.cache
-def _boot_time() -> float:
-    return float(psutil.boot_time())
 
 
 def _has_children_files() -> bool:

@@ -27,7 +27,7 @@ from wrapper_harness import STREAM_ARGS, Wrapper, environ, is_result, user
 from supervisor._args import split_invocation, wants_stream_json_input
 from supervisor._cli import _FLAGS, _resolve_claude, early_plan, find_real_claude, main
 from supervisor._config import OPTIONS, ConfigError, parse_invocation
-from supervisor._launch import _create_time
+from supervisor._launch import creation_time
 
 STREAM = ["-p", "--input-format", "stream-json", "--output-format", "stream-json"]
 
@@ -241,10 +241,11 @@ async def test_an_early_cli_the_full_reading_disagrees_with_is_replaced_by_the_r
 
 
 def test_the_creation_time_read_without_psutil_is_psutils() -> None:
-    """The prestarted hub reports its CLI's creation time before it imports psutil; the
-    host checks it against psutil's (`_tree.process_of`), so the two must agree."""
-    assert _create_time(os.getpid()) == psutil.Process().create_time()
-    assert _create_time(os.getppid()) == psutil.Process(os.getppid()).create_time()
+    """The hub reports its CLIs' creation times read without psutil (the prestarted
+    one, before it imports it); the host checks them against psutil's
+    (`_tree.process_of`), so the two must agree."""
+    assert creation_time(os.getpid()) == psutil.Process().create_time()
+    assert creation_time(os.getppid()) == psutil.Process(os.getppid()).create_time()
 
 
 #: Run in a process of its own: `prestart` forks, and only a process with one thread may.
